@@ -1,0 +1,260 @@
+"""The command line (typer): parse, call, map errors to exit codes.
+
+Errors exit non-zero with one line on stderr; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .config import Config, load_config
+from .errors import CachesrvError, ConfigError
+from .models import Mode
+
+app = typer.Typer(
+    help="Content-addressed cache and recording proxy for air-gapped builds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+seed_app = typer.Typer(help="Named seeds and USB seed bundles.", no_args_is_help=True)
+app.add_typer(seed_app, name="seed")
+
+_debug = False
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $CACHESRV_CONFIG)."),
+]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Store directory (default: $CACHESRV_STORE, then config)."),
+]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def _config(config: Path | None, store: Path | None) -> Config:
+    return load_config(config, store=store)
+
+
+def _setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def parse_when(text: str) -> float:
+    """`2h`, `3d`, `30m`, `45s`, an ISO date/time, or epoch seconds -> epoch seconds."""
+    text = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+    if m:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - float(m.group(1)) * mult
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since: cannot read {text!r}; use e.g. 2h, 3d or 2026-11-01T12:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return when.timestamp()
+
+
+# -- serve ----------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on (default 127.0.0.1:3142).")
+    ] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="online: record what passes; offline: serve only that.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes sharing the port.")] = 1,
+    strict: Annotated[
+        bool, typer.Option(help="Offline: serve /@SEED/ requests only from that seed.")
+    ] = False,
+) -> None:
+    """Run the caching proxy (on built-in defaults when given no options)."""
+    from .web.serve import run_server
+
+    cfg = _config(config, store).with_overrides(listen=listen, mode=mode)
+    _setup_logging()
+    _run(run_server(cfg, strict=strict))
+
+
+# -- misses, stats, fsck, prefetch -----------------------------------------
+
+
+@app.command()
+def misses(
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    since: Annotated[str | None, typer.Option(help="Only misses since WHEN (2h, 3d, ISO).")] = None,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="table, urls (input for prefetch @FILE) or json.")
+    ] = "table",
+) -> None:
+    """What offline clients asked for and did not get."""
+    if format not in ("table", "urls", "json"):
+        raise ConfigError(f"--format must be table, urls or json, not {format!r}")
+    st = _open_store(config, store)
+    try:
+        rows = st.index.misses(parse_when(since) if since else 0.0)
+    finally:
+        st.close()
+    if format == "urls":
+        for r in rows:
+            typer.echo(r["key"])
+    elif format == "json":
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        if not rows:
+            typer.echo("no misses logged")
+        for r in rows:
+            last = dt.datetime.fromtimestamp(r["last"]).strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"{last}  {r['count']:>4}x  {r['reason']:<15} {r['key']}")
+
+
+@app.command()
+def stats(config: ConfigOpt = None, store: StoreOpt = None) -> None:
+    """Entries, blobs and bytes in the store, as JSON."""
+    st = _open_store(config, store)
+    try:
+        typer.echo(json.dumps(st.index.stats(), indent=2))
+    finally:
+        st.close()
+
+
+@app.command()
+def fsck(
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    repair: Annotated[
+        bool, typer.Option(help="Also drop entries whose blob is gone and remove temp files.")
+    ] = False,
+) -> None:
+    """Re-hash every blob; corrupt ones are quarantined and never served."""
+    from .fsck import fsck as run_fsck
+
+    st = _open_store(config, store)
+    try:
+        report = run_fsck(st, repair=repair)
+    finally:
+        st.close()
+    for d in report.corrupt:
+        typer.echo(f"corrupt (quarantined): {d}", err=True)
+    for d in report.missing:
+        typer.echo(f"missing blob: {d}", err=True)
+    typer.echo(report.summary())
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
+def prefetch(
+    urls: Annotated[list[str], typer.Argument(help="URLs, or @FILE with one URL per line.")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    seed: Annotated[str | None, typer.Option(help="Record the entries in this seed.")] = None,
+) -> None:
+    """Online: fetch URLs into the store, as a client through the server would."""
+    from .prefetch import prefetch as run_prefetch
+
+    wanted: list[str] = []
+    for u in urls:
+        if u.startswith("@"):
+            try:
+                text = Path(u[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read {u[1:]}: {exc.strerror}") from None
+            wanted += [ln.strip() for ln in text.splitlines() if ln.strip() and ln[0] != "#"]
+        else:
+            wanted.append(u)
+    cfg = _config(config, store)
+    report = _run(run_prefetch(cfg, wanted, seed=seed))
+    for url, why in report.failed:
+        typer.echo(f"failed: {url}: {why}", err=True)
+    typer.echo(report.summary())
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _open_store(config: Path | None, store: Path | None) -> Any:
+    from .store import Store
+
+    cfg = _config(config, store)
+    return Store(cfg.store)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+# -- entry points ---------------------------------------------------------
+
+
+def _invoke(typer_app: typer.Typer, prog: str) -> None:
+    try:
+        typer_app(prog_name=prog, standalone_mode=False)
+    except CachesrvError as exc:
+        if _debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        problems = getattr(exc, "problems", None)
+        for p in problems or []:
+            print(f"  - {p}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print(f"{prog}: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _debug:
+            raise
+        print(f"{prog}: error: {type(exc).__name__}: {exc} (run with --debug)", file=sys.stderr)
+        sys.exit(1)
+
+
+def main() -> None:
+    _invoke(app, "cachesrv")
+
+
+def seed_main() -> None:
+    _invoke(seed_app, "seed")

@@ -1,0 +1,273 @@
+"""Configuration: typed, frozen, validated in one place (`load_config`).
+
+Where a command finds its store and upstreams (SPEC "Commands"): `--store` or
+`CACHESRV_STORE`, else `server.store` of the config file given by `--config` or
+`CACHESRV_CONFIG`, else the XDG data directory. A config file that defines any
+`[upstreams.*]` table replaces the built-in upstreams entirely, so a site mirror
+never contacts a host its operator did not name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import Mode
+
+UPSTREAM_KINDS = ("apt", "pypi", "snap", "generic")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DEFAULT_LISTEN = "127.0.0.1:3142"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One `[upstreams.NAME]` table; served at `/<name>/...`."""
+
+    name: str
+    kind: str
+    url: str
+    file_hosts: tuple[str, ...] = ()
+    assertions_url: str | None = None
+
+    @property
+    def base(self) -> str:
+        """The upstream URL without a trailing slash."""
+        return self.url.rstrip("/")
+
+    def allows_host(self, host: str) -> bool:
+        """Whether a download may point at `host` (the upstream's own or a file host)."""
+        host = host.lower()
+        own = {_host_of(self.url)}
+        if self.assertions_url:
+            own.add(_host_of(self.assertions_url))
+        return host in own or any(fnmatch.fnmatchcase(host, p.lower()) for p in self.file_hosts)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    mode: Mode = Mode.ONLINE
+    store: Path | None = None
+    admin_token: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_url_length: int = 4096
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    source: str | None = None
+
+    def with_overrides(
+        self,
+        *,
+        store: Path | None = None,
+        listen: str | None = None,
+        mode: Mode | None = None,
+    ) -> Config:
+        server = self.server
+        if store is not None:
+            server = replace(server, store=store)
+        if listen is not None:
+            _check_listen(listen, self.source, "--listen")
+            server = replace(server, listen=listen)
+        if mode is not None:
+            server = replace(server, mode=mode)
+        return replace(self, server=server)
+
+    @property
+    def store(self) -> Path:
+        """The resolved store directory (never None once loaded)."""
+        assert self.server.store is not None
+        return self.server.store
+
+
+DEFAULT_UPSTREAMS: dict[str, dict[str, Any]] = {
+    "debian": {"kind": "apt", "url": "http://deb.debian.org/debian"},
+    "debian-security": {"kind": "apt", "url": "http://deb.debian.org/debian-security"},
+    "ubuntu": {"kind": "apt", "url": "http://archive.ubuntu.com/ubuntu"},
+    "pypi": {
+        "kind": "pypi",
+        "url": "https://pypi.org/simple",
+        "file_hosts": ["files.pythonhosted.org"],
+    },
+    "snapstore": {
+        "kind": "snap",
+        "url": "https://api.snapcraft.io",
+        "assertions_url": "https://api.snapcraft.io",
+        "file_hosts": ["*.cdn.snapcraftcontent.com", "api.snapcraft.io"],
+    },
+}
+
+_SERVER_KEYS = {
+    "listen",
+    "mode",
+    "store",
+    "admin_token",
+    "connect_timeout",
+    "read_timeout",
+    "max_url_length",
+    "log_format",
+}
+_UPSTREAM_KEYS = {"kind", "url", "file_hosts", "assertions_url"}
+
+
+def default_store() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "cachesrv"
+
+
+def load_config(path: Path | None = None, *, store: Path | None = None) -> Config:
+    """Load and validate the configuration, resolving the store as the SPEC says.
+
+    `path` falls back to `CACHESRV_CONFIG`; `store` (the `--store` flag) falls
+    back to `CACHESRV_STORE`, then to `server.store`, then to the XDG data dir.
+    """
+    if path is None and os.environ.get("CACHESRV_CONFIG"):
+        path = Path(os.environ["CACHESRV_CONFIG"])
+    raw: dict[str, Any] = {}
+    source = str(path) if path else None
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config file not found", file=source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", file=source) from None
+    config = parse_config(raw, source=source)
+    if store is None and os.environ.get("CACHESRV_STORE"):
+        store = Path(os.environ["CACHESRV_STORE"])
+    if store is None:
+        store = config.server.store or default_store()
+    return config.with_overrides(store=store)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:
+    """Validate a parsed TOML document; every error names the file and key."""
+    unknown = set(raw) - {"server", "upstreams"}
+    if unknown:
+        raise ConfigError(f"unknown table {sorted(unknown)[0]!r}", file=source)
+    server_raw = _table(raw.get("server", {}), source, "server")
+    bad = set(server_raw) - _SERVER_KEYS
+    if bad:
+        raise ConfigError("unknown key", file=source, key=f"server.{sorted(bad)[0]}")
+    server = ServerConfig()
+    if "listen" in server_raw:
+        listen = _str(server_raw, "listen", source, "server")
+        _check_listen(listen, source, "server.listen")
+        server = replace(server, listen=listen)
+    if "mode" in server_raw:
+        mode = _str(server_raw, "mode", source, "server")
+        try:
+            server = replace(server, mode=Mode(mode))
+        except ValueError:
+            raise ConfigError(
+                f"must be 'online' or 'offline', not {mode!r}", file=source, key="server.mode"
+            ) from None
+    if "store" in server_raw:
+        server = replace(server, store=Path(_str(server_raw, "store", source, "server")))
+    if "admin_token" in server_raw:
+        token = _str(server_raw, "admin_token", source, "server")
+        if len(token) < 16:
+            raise ConfigError(
+                "must be at least 16 characters", file=source, key="server.admin_token"
+            )
+        server = replace(server, admin_token=token)
+    if "log_format" in server_raw:
+        fmt = _str(server_raw, "log_format", source, "server")
+        if fmt not in ("text", "json"):
+            raise ConfigError("must be 'text' or 'json'", file=source, key="server.log_format")
+        server = replace(server, log_format=fmt)
+    for key in ("connect_timeout", "read_timeout"):
+        if key in server_raw:
+            value = server_raw[key]
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError("must be a positive number", file=source, key=f"server.{key}")
+            server = replace(server, **{key: float(value)})
+    if "max_url_length" in server_raw:
+        value = server_raw["max_url_length"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 256:
+            raise ConfigError("must be an integer >= 256", file=source, key="server.max_url_length")
+        server = replace(server, max_url_length=value)
+
+    ups_raw = _table(raw.get("upstreams", DEFAULT_UPSTREAMS), source, "upstreams")
+    upstreams = {
+        name: _upstream(name, _table(t, source, f"upstreams.{name}"), source)
+        for name, t in ups_raw.items()
+    }
+    return Config(server=server, upstreams=upstreams, source=source)
+
+
+def _upstream(name: str, t: Mapping[str, Any], source: str | None) -> UpstreamConfig:
+    where = f"upstreams.{name}"
+    if not _NAME.fullmatch(name) or name.startswith(("_", "@")) or name.upper() == "HTTPS":
+        raise ConfigError(
+            "upstream names are letters, digits, '.', '_' and '-'", file=source, key=where
+        )
+    bad = set(t) - _UPSTREAM_KEYS
+    if bad:
+        raise ConfigError("unknown key", file=source, key=f"{where}.{sorted(bad)[0]}")
+    kind = _str(t, "kind", source, where) if "kind" in t else "generic"
+    if kind not in UPSTREAM_KINDS:
+        raise ConfigError(
+            f"must be one of {', '.join(UPSTREAM_KINDS)}", file=source, key=f"{where}.kind"
+        )
+    if "url" not in t:
+        raise ConfigError("missing", file=source, key=f"{where}.url")
+    url = _url(_str(t, "url", source, where), source, f"{where}.url")
+    assertions = (
+        _url(_str(t, "assertions_url", source, where), source, f"{where}.assertions_url")
+        if "assertions_url" in t
+        else (url if kind == "snap" else None)
+    )
+    hosts = t.get("file_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+        raise ConfigError("must be a list of host names", file=source, key=f"{where}.file_hosts")
+    return UpstreamConfig(
+        name=name, kind=kind, url=url, file_hosts=tuple(hosts), assertions_url=assertions
+    )
+
+
+def _url(value: str, source: str | None, key: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+        raise ConfigError(f"must be an http:// or https:// URL, not {value!r}", file=source, key=key)
+    return value.rstrip("/")
+
+
+def _check_listen(listen: str, source: str | None, key: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"must be HOST:PORT, not {listen!r}", file=source, key=key)
+
+
+def _table(value: object, source: str | None, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table", file=source, key=key)
+    return value
+
+
+def _str(t: Mapping[str, Any], key: str, source: str | None, where: str) -> str:
+    value = t[key]
+    if not isinstance(value, str):
+        raise ConfigError("must be a string", file=source, key=f"{where}.{key}")
+    return value
+
+
+def _host_of(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0].lower()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`"127.0.0.1:3142"` -> `("127.0.0.1", 3142)`; `"[::1]:80"` -> `("::1", 80)`."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,366 @@
+"""The online source: one upstream fetch per key, teed to every client and the store.
+
+A `Flight` is the single fetch of one cache key. The first request for an
+uncached (or revalidating) key starts it; requests for the same key that arrive
+meanwhile join it. The flight writes the body into a temp blob while hashing it;
+each client tails that temp file at its own pace through a duplicated file
+descriptor, so memory stays bounded whatever the size and a slow client never
+slows the fetch. A client is never sent the last byte of a body until the body is
+complete, verified and committed: a truncated or lying upstream therefore makes
+every client's download fail instead of handing out a corrupt file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import aiohttp.client_exceptions
+
+from .config import UpstreamConfig
+from .errors import (
+    CachesrvError,
+    IntegrityError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from .metrics import Metrics
+from .models import ArtifactKind, CacheKey, Entry
+from .source import Answer, Outcome, Request, Stored, Streaming
+from .store import Store
+from .upstreams import artifact_kind, declared_sha256
+from .upstreams.router import Route
+
+log = logging.getLogger("cachesrv.fetch")
+
+CHUNK = 256 * 1024
+MAX_REDIRECTS = 5
+_PASSED_HEADERS = ("Content-Type", "ETag", "Last-Modified")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A hash the upstream declared for a body, by hashlib name."""
+
+    algorithm: str  # "sha256" or "sha3_384"
+    hexdigest: str
+
+
+#: Finds the hash an upstream declared for a route, if any (pip `#sha256=`,
+#: snap sha3-384); apt's by-hash paths are handled by `declared_sha256`.
+ExpectationLookup = Callable[[Route], Awaitable[Expected | None]]
+
+
+class Flight:
+    """One upstream fetch of one key, shared by every client that asks meanwhile."""
+
+    def __init__(self, source: OnlineSource, route: Route, previous: Entry | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.source = source
+        self.route = route
+        self.previous = previous
+        self.headers_ready: asyncio.Future[None] = loop.create_future()
+        self.result: asyncio.Future[Entry] = loop.create_future()
+        for fut in (self.headers_ready, self.result):
+            fut.add_done_callback(_consume_exception)
+        self.content_type = "application/octet-stream"
+        self.content_length: int | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.not_modified = False
+        self.written = 0
+        self.read_fd: int | None = None
+        self.seeds: set[str] = {route.seed} if route.seed else set()
+        self._progress = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"fetch {route.url}")
+
+    # -- the fetch ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        src = self.source
+        url = self.route.url
+        name = self.route.upstream.name
+        writer = None
+        src.metrics.in_flight.inc()
+        try:
+            expected = await src.expected_hash(self.route)
+            started = time.monotonic()
+            async with await src.request(self.route, self.previous) as resp:
+                src.metrics.upstream_latency.labels(name).observe(time.monotonic() - started)
+                if resp.status == 304 and self.previous is not None:
+                    self.not_modified = True
+                    self.headers_ready.set_result(None)
+                    await src.store.index.run(src.store.index.touch, url, time.time())
+                    await self._add_seeds(url)
+                    self.result.set_result(self.previous)
+                    return
+                if resp.status >= 500 or resp.status in (408, 429):
+                    raise UpstreamError(name, url, f"answered {resp.status} {resp.reason or ''}")
+                if resp.status != 200:
+                    raise UpstreamStatus(name, url, resp.status, resp.reason or "")
+                writer = src.store.blobs.writer(
+                    expected.algorithm if expected and expected.algorithm != "sha256" else None
+                )
+                self.read_fd = os.open(writer.path, os.O_RDONLY)
+                self.content_type = resp.headers.get("Content-Type", self.content_type)
+                self.content_length = resp.content_length
+                self.etag = resp.headers.get("ETag")
+                self.last_modified = resp.headers.get("Last-Modified")
+                self.headers_ready.set_result(None)
+                loop = asyncio.get_running_loop()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    # Hashing and writing happen off the loop; both release the GIL.
+                    await loop.run_in_executor(None, writer.write, chunk)
+                    self.written += len(chunk)
+                    src.metrics.bytes_fetched.labels(name).inc(len(chunk))
+                    self._notify()
+            if self.content_length is not None and writer.size != self.content_length:
+                raise UpstreamError(
+                    name, url, f"body truncated at {writer.size} of {self.content_length} bytes"
+                )
+            if expected is not None:
+                got = writer.sha256 if expected.algorithm == "sha256" else _hex(writer.extra)
+                if got != expected.hexdigest:
+                    raise IntegrityError(
+                        name,
+                        url,
+                        f"{expected.algorithm} is {got}, upstream declared {expected.hexdigest}",
+                    )
+            info = await asyncio.get_running_loop().run_in_executor(None, writer.commit)
+            now = time.time()
+            entry = Entry(
+                key=self.route.key,
+                digest=info.digest,
+                size=info.size,
+                sha256=info.sha256,
+                kind=artifact_kind(self.route.upstream.kind, self.route.path),
+                content_type=self.content_type,
+                etag=self.etag,
+                last_modified=self.last_modified,
+                recorded=now,
+                validated=now,
+            )
+            await src.store.index.run(src.store.index.put, entry)
+            await self._add_seeds(url)
+            log.info("recorded %s (%d bytes, %s)", url, info.size, info.digest)
+            self.result.set_result(entry)
+        except Exception as exc:  # every failure ends the flight; none is recorded
+            error = _upstream_error(exc, name, url)
+            if writer is not None:
+                writer.abort()
+            if not self.headers_ready.done():
+                self.headers_ready.set_exception(error)
+            if not self.result.done():
+                self.result.set_exception(error)
+            if not isinstance(error, UpstreamStatus):
+                log.warning("%s", error)
+        finally:
+            src.metrics.in_flight.dec()
+            if src.flights.get(self.route.url) is self:
+                del src.flights[self.route.url]
+            if self.read_fd is not None:
+                os.close(self.read_fd)
+                self.read_fd = None
+            self._notify()
+
+    async def _add_seeds(self, url: str) -> None:
+        index = self.source.store.index
+        for seed in sorted(self.seeds):
+            await index.run(index.add_to_seed, seed, url)
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, asyncio.Event()
+        event.set()
+
+    # -- the clients --------------------------------------------------------
+
+    def join(self, seed: str | None) -> None:
+        if seed:
+            self.seeds.add(seed)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises the flight's error if it fails.
+
+        The read descriptor is duplicated synchronously here, before any await,
+        so the temp file being renamed or removed later cannot pull it away.
+        """
+        if self.read_fd is None:
+            # The flight ended between headers and here; a completed one is in the store.
+            entry = await self.result
+            path = self.source.store.blobs.path(entry.digest)
+            fd = os.open(path, os.O_RDONLY)
+        else:
+            fd = os.dup(self.read_fd)
+        offset = 0
+        try:
+            while True:
+                progress = self._progress
+                finished = self.result.done()
+                if finished and self.result.exception() is not None:
+                    raise self.result.exception()  # type: ignore[misc]
+                # Hold back the final byte until the body is committed (see module doc).
+                limit = self.written if finished else self.written - 1
+                if offset < limit:
+                    # pread of bytes just written: they are in the page cache.
+                    data = os.pread(fd, min(CHUNK, limit - offset), offset)
+                    if not data:
+                        raise UpstreamError(self.route.upstream.name, self.route.url, "short read")
+                    offset += len(data)
+                    yield data
+                    continue
+                if finished:
+                    return
+                await progress.wait()
+        finally:
+            os.close(fd)
+
+
+class OnlineSource:
+    """Serves from the store, fetching and recording upstream what it lacks."""
+
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        expectations: ExpectationLookup | None = None,
+    ) -> None:
+        self.store = store
+        self.session = session
+        self.metrics = metrics
+        self.flights: dict[str, Flight] = {}
+        self._expectations = expectations
+
+    async def expected_hash(self, route: Route) -> Expected | None:
+        if self._expectations is not None:
+            found = await self._expectations(route)
+            if found is not None:
+                return found
+        sha = declared_sha256(route.upstream.kind, route.path)
+        return Expected("sha256", sha) if sha else None
+
+    async def open(self, request: Request) -> Answer:
+        route = request.route
+        index = self.store.index
+        flight = self.flights.get(route.url)
+        if flight is None:
+            entry = await index.run(index.get, route.url)
+            usable = entry is not None and await self._usable(entry)
+            if entry is not None and usable and entry.kind is ArtifactKind.IMMUTABLE:
+                if route.seed:
+                    await index.run(index.add_to_seed, route.seed, route.url)
+                return Stored(entry, self.store.blobs.path(entry.digest), Outcome.HIT)
+            # The await above may have let another request start the flight.
+            flight = self.flights.get(route.url)
+            if flight is None:
+                flight = Flight(self, route, entry if usable else None)
+                self.flights[route.url] = flight
+        flight.join(route.seed)
+        try:
+            await flight.headers_ready
+        except CachesrvError as exc:
+            if flight.previous is not None and not isinstance(exc, UpstreamStatus):
+                # Upstream down: serve the last recorded copy of mutable metadata.
+                self.metrics.stale.labels(route.upstream.name).inc()
+                log.warning("serving stale %s: %s", route.url, exc)
+                prev = flight.previous
+                return Stored(prev, self.store.blobs.path(prev.digest), Outcome.STALE)
+            raise
+        if flight.not_modified or request.needs_complete:
+            entry = await flight.result
+            outcome = Outcome.REVALIDATED if flight.not_modified else Outcome.RECORDED
+            return Stored(entry, self.store.blobs.path(entry.digest), outcome)
+        return Streaming(flight)
+
+    async def _usable(self, entry: Entry) -> bool:
+        index = self.store.index
+        if not self.store.blobs.has(entry.digest):
+            return False
+        return not await index.run(index.is_quarantined, entry.digest)
+
+    async def request(self, route: Route, previous: Entry | None) -> aiohttp.ClientResponse:
+        """GET the route's URL (conditionally when revalidating), following only
+        redirects to hosts the upstream allows."""
+        headers = {"Accept-Encoding": "identity"}
+        if previous is not None:
+            if previous.etag:
+                headers["If-None-Match"] = previous.etag
+            if previous.last_modified:
+                headers["If-Modified-Since"] = previous.last_modified
+        url = route.url
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = await self.session.get(url, headers=headers, allow_redirects=False)
+            if resp.status not in (301, 302, 303, 307, 308):
+                return resp
+            location = resp.headers.get("Location", "")
+            resp.release()
+            target = resp.url.join(aiohttp.client.URL(location))
+            if not _allowed_redirect(route.upstream, target.host or ""):
+                raise UpstreamError(
+                    route.upstream.name, route.url, f"redirected to a host not allowed: {target}"
+                )
+            url = str(target)
+        raise UpstreamError(route.upstream.name, route.url, "too many redirects")
+
+    async def prefetch(self, route: Route) -> tuple[Entry, Outcome]:
+        """Fetch one URL into the store as a client would (used by `cachesrv prefetch`)."""
+        answer = await self.open(Request(route=route, needs_complete=True))
+        assert isinstance(answer, Stored)
+        return answer.entry, answer.outcome
+
+    async def close(self) -> None:
+        for flight in list(self.flights.values()):
+            flight.task.cancel()
+            with contextlib.suppress(BaseException):
+                await flight.task
+
+
+def _allowed_redirect(upstream: UpstreamConfig, host: str) -> bool:
+    return upstream.allows_host(host)
+
+
+def _upstream_error(exc: BaseException, name: str, url: str) -> CachesrvError:
+    if isinstance(exc, CachesrvError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(name, url, "timed out")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError(name, url, f"body truncated ({exc})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(name, url, f"cannot connect: {exc.os_error}")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return UpstreamError(name, url, f"{type(exc).__name__}: {exc}")
+    return UpstreamError(name, url, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _consume_exception(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _hex(h: object) -> str:
+    return h.hexdigest() if h is not None else ""  # type: ignore[attr-defined]
+
+
+def make_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+    """The one HTTP client session of a server (or of a CLI prefetch run)."""
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout, sock_read=read_timeout
+    )
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        auto_decompress=False,
+        headers={"User-Agent": "cachesrv/0.1 (+recording proxy)"},
+        connector=aiohttp.TCPConnector(limit=64, limit_per_host=16),
+    )
+
+
+__all__ = ["CacheKey", "Expected", "Flight", "OnlineSource", "make_session"]

@@ -1,0 +1,73 @@
+"""`cachesrv prefetch`: fetch URLs into the store as a client would (online only)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .config import Config
+from .errors import CachesrvError
+from .fetch import OnlineSource, make_session
+from .metrics import Metrics
+from .progress import progress
+from .source import Outcome
+from .store import Store
+from .upstreams.router import Router
+
+
+@dataclass
+class PrefetchReport:
+    new: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    bytes: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"prefetch: {len(self.new)} recorded, {len(self.present)} already stored, "
+            f"{len(self.failed)} failed, {self.bytes} bytes"
+        )
+
+
+async def prefetch(
+    config: Config, urls: list[str], *, seed: str | None = None, concurrency: int = 4
+) -> PrefetchReport:
+    """Resolve each URL against the configured upstreams and record it."""
+    report = PrefetchReport()
+    router = Router(config.upstreams, config.server.max_url_length)
+    store = Store(config.store)
+    s = config.server
+    try:
+        async with make_session(s.connect_timeout, s.read_timeout) as session:
+            source = OnlineSource(store, session, Metrics())
+            limit = asyncio.Semaphore(concurrency)
+            with progress("prefetch", len(urls)) as tick:
+
+                async def one(url: str) -> None:
+                    async with limit:
+                        try:
+                            route = router.resolve(_as_target(url, seed))
+                            entry, outcome = await source.prefetch(route)
+                        except CachesrvError as exc:
+                            report.failed.append((url, str(exc)))
+                        else:
+                            done = report.present if outcome is Outcome.HIT else report.new
+                            done.append(route.url)
+                            report.bytes += entry.size
+                        tick()
+
+                await asyncio.gather(*(one(u) for u in urls))
+            await source.close()
+    finally:
+        store.close()
+    return report
+
+
+def _as_target(url: str, seed: str | None) -> str:
+    """A URL given on the command line as the router's request target."""
+    url = url.strip()
+    if seed is None:
+        return url
+    if url.startswith("/"):
+        return f"/@{seed}{url}"
+    return f"/@{seed}/{url}"

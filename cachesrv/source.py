@@ -1,0 +1,69 @@
+"""What a source answers: the `Source` protocol shared by online and offline wiring.
+
+The web layer asks a `Source` to `open` a `Request` and serves whatever `Answer`
+comes back. `fetch.OnlineSource` may fetch upstream; `offline.OfflineSource` only
+looks up the store and raises `NotCached` with a diagnosis. The app factory picks
+one by mode; handlers never test the mode.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .models import Entry
+from .upstreams.router import Route
+
+if TYPE_CHECKING:
+    from .fetch import Flight
+
+
+class Outcome(enum.Enum):
+    """How a request was answered (metrics labels and the access log)."""
+
+    HIT = "hit"
+    RECORDED = "recorded"
+    REVALIDATED = "revalidated"
+    STALE = "stale"
+    OFFLINE_MISS = "offline_miss"
+    REFUSED = "refused"
+    UPSTREAM_ERROR = "upstream_error"
+    PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True)
+class Request:
+    route: Route
+    method: str = "GET"
+    user_agent: str | None = None
+    #: The client wants the whole body at once (HEAD, Range): wait for the
+    #: fetch to complete and answer from the store rather than streaming.
+    needs_complete: bool = False
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Answer from a committed blob."""
+
+    entry: Entry
+    path: Path
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """Answer by tailing an in-flight upstream fetch."""
+
+    flight: Flight
+    outcome: Outcome = Outcome.RECORDED
+
+
+Answer = Stored | Streaming
+
+
+class Source(Protocol):
+    async def open(self, request: Request) -> Answer: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,176 @@
+"""The content-addressed blob store.
+
+Layout (see docs/store-format.md): `objects/<2 hex>/<64 hex>` named by blake3-256,
+`tmp/` for writes in progress, `quarantine/` for blobs that failed verification.
+A blob is written to `tmp/`, fsynced and renamed into place, so it never appears
+half-written; whatever a crash leaves in `tmp/` is removed at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+
+from ..errors import StoreError
+from ..models import BlobInfo, Digest
+
+CHUNK = 1 << 20
+
+
+class BlobWriter:
+    """Hashes (blake3 and sha256) while writing to a temp file in `tmp/`.
+
+    `write` is synchronous and unbuffered (plain `os.write`), so readers that
+    tail the temp file see every byte as soon as `write` returns. Call `commit`
+    once the body is complete and verified, or `abort` to throw it away.
+    """
+
+    def __init__(self, store: BlobStore, extra_hash: str | None = None) -> None:
+        self._store = store
+        #: A further hash an upstream may declare (snap's sha3-384), by hashlib name.
+        self.extra = hashlib.new(extra_hash) if extra_hash else None
+        fd, name = tempfile.mkstemp(dir=store.tmp, prefix="blob-")
+        self.fd = fd
+        self.path = Path(name)
+        self.size = 0
+        self._blake3 = blake3.blake3()
+        self._sha256 = hashlib.sha256()
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self._blake3.update(data)
+        self._sha256.update(data)
+        if self.extra is not None:
+            self.extra.update(data)
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def commit(self) -> BlobInfo:
+        """fsync, then rename into `objects/`; an identical blob already there wins."""
+        if self._done:
+            raise StoreError("blob writer already finished")
+        self._done = True
+        digest = Digest(self._blake3.hexdigest())
+        os.fsync(self.fd)
+        os.close(self.fd)
+        final = self._store.path(digest)
+        if final.exists():
+            self.path.unlink(missing_ok=True)
+        else:
+            final.parent.mkdir(exist_ok=True)
+            os.replace(self.path, final)
+            _fsync_dir(final.parent)
+        return BlobInfo(digest=digest, size=self.size, sha256=self.sha256)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+class BlobStore:
+    """Blobs by blake3 digest. Safe for one writer process and many readers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.quarantine_dir = root / "quarantine"
+        try:
+            for d in (self.objects, self.tmp, self.quarantine_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store at {root}: {exc.strerror}") from None
+
+    def path(self, digest: Digest) -> Path:
+        return self.objects / digest.fanout / digest.hex
+
+    def has(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def writer(self, extra_hash: str | None = None) -> BlobWriter:
+        return BlobWriter(self, extra_hash)
+
+    def put_file(self, src: Path) -> BlobInfo:
+        """Copy a file into the store (hashing as it goes)."""
+        w = self.writer()
+        try:
+            with src.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    w.write(chunk)
+            return w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+    def put_bytes(self, data: bytes) -> BlobInfo:
+        w = self.writer()
+        try:
+            w.write(data)
+            return w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+    def hash_file(self, digest: Digest) -> tuple[str, int]:
+        """Re-hash a stored blob: (blake3 hex, size)."""
+        h = blake3.blake3()
+        size = 0
+        with self.path(digest).open("rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        return h.hexdigest(), size
+
+    def verify(self, digest: Digest) -> bool:
+        try:
+            return self.hash_file(digest)[0] == digest.hex
+        except FileNotFoundError:
+            return False
+
+    def quarantine(self, digest: Digest) -> None:
+        """Move a blob out of `objects/` so that it can never be served."""
+        src = self.path(digest)
+        if src.exists():
+            os.replace(src, self.quarantine_dir / digest.hex)
+
+    def iter_digests(self) -> Iterator[Digest]:
+        for sub in sorted(self.objects.iterdir()):
+            if not sub.is_dir():
+                continue
+            for f in sorted(sub.iterdir()):
+                with contextlib.suppress(ValueError):
+                    yield Digest(f.name)
+
+    def clean_tmp(self) -> int:
+        """Remove what a crash left in `tmp/`; returns how many files went."""
+        n = 0
+        for f in self.tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                n += 1
+        return n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,350 @@
+"""The SQLite index of the store (sqlite-utils, WAL, named migrations).
+
+Tables (docs/store-format.md): `entries` (one row per cache key), `blobs` (one
+per digest: size, sha256, quarantined), `seed_entries` (named seeds), `misses`
+(the offline miss log) and `migrations` (names of the applied migrations).
+
+Every method is synchronous. Under asyncio, call them through `Index.run`, which
+runs them on the index's single worker thread: one writer, and no SQLite call on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import sqlite_utils
+
+from ..models import ArtifactKind, BlobInfo, CacheKey, Digest, Entry, MissReason
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE entries (
+            key TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            etag TEXT,
+            last_modified TEXT,
+            recorded REAL NOT NULL,
+            validated REAL NOT NULL
+        );
+        CREATE INDEX entries_digest ON entries(digest);
+        CREATE INDEX entries_upstream ON entries(upstream);
+        CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            created REAL NOT NULL,
+            quarantined INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX blobs_sha256 ON blobs(sha256);
+        CREATE TABLE seed_entries (
+            seed TEXT NOT NULL,
+            key TEXT NOT NULL,
+            added REAL NOT NULL,
+            PRIMARY KEY (seed, key)
+        );
+        CREATE TABLE misses (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            key TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            seed TEXT,
+            method TEXT,
+            user_agent TEXT
+        );
+        CREATE INDEX misses_time ON misses(time);
+        """
+    )
+
+
+#: Named migrations, applied in order, each once. Append; never edit or reorder.
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+_ENTRY_COLS = (
+    "key, upstream, digest, size, sha256, kind, content_type, etag, last_modified, "
+    "recorded, validated"
+)
+
+
+class Index:
+    """The store's SQLite index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._executor: ThreadPoolExecutor | None = None
+        self._migrate()
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _migrate(self) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL NOT NULL)"
+        )
+        done = {r[0] for r in self.db.execute("SELECT name FROM migrations").fetchall()}
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                # Another process may have applied it while we waited for the lock.
+                if self.db.execute("SELECT 1 FROM migrations WHERE name=?", [name]).fetchone():
+                    continue
+                fn(self.db)
+                self.db.execute(
+                    "INSERT INTO migrations (name, applied) VALUES (?, ?)", [name, time.time()]
+                )
+
+    def migrations(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM migrations ORDER BY name")]
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this index's methods on its single worker thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.db.conn.close()
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, list(params))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    # -- entries ------------------------------------------------------------
+
+    def get(self, url: str) -> Entry | None:
+        rows = self._rows(f"SELECT {_ENTRY_COLS} FROM entries WHERE key = ?", [url])
+        return _entry(rows[0]) if rows else None
+
+    def put(self, entry: Entry) -> None:
+        """Record (or replace) the entry for a key and its blob row, atomically."""
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO blobs (digest, size, sha256, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(digest) DO NOTHING",
+                [entry.digest.hex, entry.size, entry.sha256, entry.recorded],
+            )
+            self.db.execute(
+                f"INSERT OR REPLACE INTO entries ({_ENTRY_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    entry.key.url,
+                    entry.key.upstream,
+                    entry.digest.hex,
+                    entry.size,
+                    entry.sha256,
+                    entry.kind.value,
+                    entry.content_type,
+                    entry.etag,
+                    entry.last_modified,
+                    entry.recorded,
+                    entry.validated,
+                ],
+            )
+
+    def touch(self, url: str, when: float | None = None) -> None:
+        """Mark a mutable entry as revalidated upstream (a 304)."""
+        self.db.execute(
+            "UPDATE entries SET validated = ? WHERE key = ?", [when or time.time(), url]
+        )
+
+    def delete(self, url: str) -> bool:
+        with self.db.conn:
+            cur = self.db.execute("DELETE FROM entries WHERE key = ?", [url])
+            self.db.execute("DELETE FROM seed_entries WHERE key = ?", [url])
+        return cur.rowcount > 0
+
+    def entries(self, prefix: str = "", limit: int | None = None) -> list[Entry]:
+        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE key >= ? AND key < ? ORDER BY key"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_entry(r) for r in self._rows(sql, [prefix, prefix + "\U0010ffff"])]
+
+    def entries_since(self, since: float) -> list[Entry]:
+        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE recorded >= ? ORDER BY key"
+        return [_entry(r) for r in self._rows(sql, [since])]
+
+    def nearest(self, key: CacheKey, package: str | None, limit: int = 5) -> list[str]:
+        """Up to `limit` recorded keys in the same directory or of the same package."""
+        found: list[str] = []
+        if package:
+            like = key.directory + package
+            for r in self.db.execute(
+                "SELECT key FROM entries WHERE key >= ? AND key < ? AND key != ? "
+                "ORDER BY key DESC LIMIT ?",
+                [like, like + "\U0010ffff", key.url, limit],
+            ):
+                found.append(r[0])
+        if len(found) < limit:
+            d = key.directory
+            for r in self.db.execute(
+                "SELECT key FROM entries WHERE key >= ? AND key < ? AND key != ? "
+                "AND instr(substr(key, ?), '/') = 0 ORDER BY key LIMIT ?",
+                [d, d + "\U0010ffff", key.url, len(d) + 1, limit * 2],
+            ):
+                if r[0] not in found:
+                    found.append(r[0])
+        return found[:limit]
+
+    # -- blobs --------------------------------------------------------------
+
+    def blob(self, digest: Digest) -> BlobInfo | None:
+        row = self.db.execute(
+            "SELECT size, sha256 FROM blobs WHERE digest = ?", [digest.hex]
+        ).fetchone()
+        return BlobInfo(digest, row[0], row[1]) if row else None
+
+    def add_blob(self, info: BlobInfo) -> None:
+        self.db.execute(
+            "INSERT INTO blobs (digest, size, sha256, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(digest) DO NOTHING",
+            [info.digest.hex, info.size, info.sha256, time.time()],
+        )
+
+    def is_quarantined(self, digest: Digest) -> bool:
+        row = self.db.execute(
+            "SELECT quarantined FROM blobs WHERE digest = ?", [digest.hex]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def set_quarantined(self, digest: Digest, quarantined: bool = True) -> None:
+        self.db.execute(
+            "UPDATE blobs SET quarantined = ? WHERE digest = ?", [int(quarantined), digest.hex]
+        )
+
+    def quarantined(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT digest FROM blobs WHERE quarantined = 1")]
+
+    def referenced_digests(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT DISTINCT digest FROM entries")}
+
+    # -- seeds --------------------------------------------------------------
+
+    def add_to_seed(self, seed: str, url: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO seed_entries (seed, key, added) VALUES (?, ?, ?)",
+            [seed, url, time.time()],
+        )
+
+    def in_seed(self, seed: str, url: str) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM seed_entries WHERE seed = ? AND key = ?", [seed, url]
+            ).fetchone()
+            is not None
+        )
+
+    def seeds(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT s.seed AS name, count(*) AS entries, coalesce(sum(e.size), 0) AS bytes, "
+            "sum(e.key IS NULL) AS dangling "
+            "FROM seed_entries s LEFT JOIN entries e ON e.key = s.key GROUP BY s.seed ORDER BY s.seed"
+        )
+
+    def seed_keys(self, seed: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT key FROM seed_entries WHERE seed = ? ORDER BY key", [seed]
+            )
+        ]
+
+    def seeds_of(self, url: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT seed FROM seed_entries WHERE key = ? ORDER BY seed", [url]
+            )
+        ]
+
+    # -- misses -------------------------------------------------------------
+
+    def log_miss(
+        self,
+        key: CacheKey,
+        reason: MissReason,
+        *,
+        seed: str | None = None,
+        method: str = "GET",
+        user_agent: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO misses (time, key, upstream, reason, seed, method, user_agent) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [time.time(), key.url, key.upstream, reason.name.lower(), seed, method, user_agent],
+        )
+
+    def misses(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Misses since `since`, one row per key: first/last time, count, reason."""
+        return self._rows(
+            "SELECT key, upstream, min(time) AS first, max(time) AS last, count(*) AS count, "
+            "reason, seed FROM misses WHERE time >= ? GROUP BY key ORDER BY min(time)",
+            [since],
+        )
+
+    # -- stats --------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        e = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM entries").fetchone()
+        b = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs").fetchone()
+        by_upstream = {
+            r[0]: {"entries": r[1], "bytes": r[2]}
+            for r in self.db.execute(
+                "SELECT upstream, count(*), sum(size) FROM entries GROUP BY upstream"
+            )
+        }
+        misses = self.db.execute("SELECT count(*) FROM misses").fetchone()[0]
+        return {
+            "entries": e[0],
+            "entry_bytes": e[1],
+            "blobs": b[0],
+            "blob_bytes": b[1],
+            "by_upstream": by_upstream,
+            "misses_logged": misses,
+            "quarantined": len(self.quarantined()),
+        }
+
+
+def _entry(r: dict[str, Any]) -> Entry:
+    return Entry(
+        key=CacheKey(r["upstream"], r["key"]),
+        digest=Digest(r["digest"]),
+        size=r["size"],
+        sha256=r["sha256"],
+        kind=ArtifactKind(r["kind"]),
+        content_type=r["content_type"],
+        etag=r["etag"],
+        last_modified=r["last_modified"],
+        recorded=r["recorded"],
+        validated=r["validated"],
+    )

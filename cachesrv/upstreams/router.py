@@ -1,0 +1,143 @@
+"""Map a request target to an upstream and its canonical cache key.
+
+Three spellings reach one key (SPEC "URLs"):
+- origin form `/<upstream>/<path>` (what `deb http://host:3142/debian ...` sends),
+- absolute form `http://deb.debian.org/debian/<path>` (apt's `Acquire::http::Proxy`),
+- apt-cacher-ng's `http://HTTPS///deb.debian.org/debian/<path>` (also as a path,
+  `/HTTPS///host/path`), for an `https://` upstream.
+An optional `/@<seed>/` prefix names the seed the entry is recorded in.
+
+Matching an absolute URL to an upstream ignores the scheme: `http://` and
+`https://` of the same host and path are the same artifact. Anything that is not
+under a configured upstream (or one of its `file_hosts`) is refused: cachesrv is
+never an open proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import UpstreamConfig
+from ..errors import BadRequest, Forbidden
+from ..models import CacheKey
+
+_SEED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_CTL = re.compile(r"[\x00-\x20\x7f\\]")
+_BAD_ESCAPES = re.compile(r"%(00|2f|5c)", re.IGNORECASE)
+_PCT = re.compile(r"%([0-9a-fA-F]{2})")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: the upstream, the canonical key, and the seed if any."""
+
+    upstream: UpstreamConfig
+    key: CacheKey
+    path: str  # the path under the upstream, without a leading slash
+    seed: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The upstream URL to fetch (the key is exactly that URL)."""
+        return self.key.url
+
+
+class Router:
+    """Resolves request targets against the configured upstreams."""
+
+    def __init__(self, upstreams: Mapping[str, UpstreamConfig], max_length: int = 4096) -> None:
+        self.upstreams = dict(upstreams)
+        self.max_length = max_length
+        # (host+path without scheme, upstream), longest first so the most specific wins.
+        self._prefixes = sorted(
+            ((_strip_scheme(u.base), u) for u in self.upstreams.values()),
+            key=lambda p: -len(p[0]),
+        )
+
+    def resolve(self, target: str) -> Route:
+        """Resolve a raw request target (origin or absolute form)."""
+        if len(target) > self.max_length:
+            raise BadRequest(f"URL longer than {self.max_length} characters")
+        if _CTL.search(target):
+            raise BadRequest("URL contains control characters, spaces or backslashes")
+        if _BAD_ESCAPES.search(target):
+            raise BadRequest("URL contains an encoded slash, backslash or NUL")
+        lower = target[:8].lower()
+        if lower.startswith(("http://", "https://")):
+            scheme, rest = target.split("://", 1)
+            host, _, path = rest.partition("/")
+            if host.upper() == "HTTPS":
+                return self._absolute("https", path.lstrip("/"), seed=None)
+            return self._absolute(scheme.lower(), rest, seed=None)
+        if not target.startswith("/"):
+            raise BadRequest("request target must be a path or an absolute http:// URL")
+        path = target[1:]
+        seed = None
+        if path.startswith("@"):
+            name, _, path = path[1:].partition("/")
+            if not _SEED.fullmatch(name):
+                raise BadRequest(f"invalid seed name {name!r}")
+            seed = name
+        head, _, rest = path.partition("/")
+        if head.upper() == "HTTPS":
+            return self._absolute("https", rest.lstrip("/"), seed=seed)
+        if head.lower() in ("http:", "https:"):
+            # `/@seed/http://host/path` (a proxy request routed into a seed).
+            return self._absolute(head[:-1].lower(), rest.lstrip("/"), seed=seed)
+        upstream = self.upstreams.get(head)
+        if upstream is None:
+            raise Forbidden(
+                f"no upstream named {head!r}; add an [upstreams.{_safe(head)}] table "
+                "with its url to the config"
+            )
+        return self._route(upstream, upstream.base, rest, seed)
+
+    def _absolute(self, scheme: str, host_path: str, seed: str | None) -> Route:
+        host_path_q = host_path
+        host_path, _, _ = host_path.partition("?")
+        host = host_path.split("/", 1)[0].lower()
+        if not host or not re.fullmatch(r"[a-z0-9.\-\[\]:]+", host):
+            raise BadRequest(f"invalid host in URL: {host!r}")
+        norm = host + host_path[len(host) :]
+        for prefix, upstream in self._prefixes:
+            if norm == prefix or norm.startswith(prefix + "/"):
+                rest = host_path_q[len(prefix) :].lstrip("/")
+                return self._route(upstream, upstream.base, rest, seed)
+        for upstream in self.upstreams.values():
+            if upstream.file_hosts and upstream.allows_host(host.split(":")[0]):
+                base = f"{scheme}://{host}"
+                rest = host_path_q[len(host) :].lstrip("/")
+                return self._route(upstream, base, rest, seed)
+        raise Forbidden(
+            f"{scheme}://{host}/ is not a configured upstream; add "
+            f'[upstreams.NAME] url = "{scheme}://{_safe(host)}/..." to the config'
+        )
+
+    def _route(self, upstream: UpstreamConfig, base: str, path: str, seed: str | None) -> Route:
+        path = _check_path(path)
+        url = f"{base}/{path}" if path else base + "/"
+        return Route(upstream=upstream, key=CacheKey(upstream.name, url), path=path, seed=seed)
+
+
+def _check_path(path: str) -> str:
+    """Refuse traversal in any spelling; normalise percent-escapes to upper case."""
+    path = _PCT.sub(lambda m: "%" + m.group(1).upper(), path)
+    plain, _, _ = path.partition("?")
+    decoded = _PCT.sub(lambda m: chr(int(m.group(1), 16)), plain)
+    for segment in decoded.split("/"):
+        if segment in (".", ".."):
+            raise BadRequest("path traversal ('..' or '.') is not allowed")
+    if "//" in plain:
+        raise BadRequest("empty path segment ('//') in URL")
+    return path
+
+
+def _strip_scheme(url: str) -> str:
+    return url.split("://", 1)[1].lower() if "://" in url else url.lower()
+
+
+def _safe(text: str) -> str:
+    """Echo user input into a message without letting it forge lines or markup."""
+    return re.sub(r"[^A-Za-z0-9._:\[\]-]", "_", text)[:100]

@@ -1,0 +1,54 @@
+"""The per-app server state, kept under one `web.AppKey`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ..config import Config
+from ..fetch import OnlineSource, make_session
+from ..metrics import Metrics
+from ..models import Mode
+from ..offline import OfflineSource
+from ..source import Source
+from ..store import Store
+from ..upstreams.router import Router
+
+
+@dataclass
+class ServerState:
+    """What handlers need. The source is chosen here, once per mode, never in handlers."""
+
+    config: Config
+    store: Store
+    router: Router
+    metrics: Metrics
+    mode: Mode
+    offline: OfflineSource
+    online: OnlineSource | None = None
+    session: aiohttp.ClientSession | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def source(self) -> Source:
+        if self.mode is Mode.OFFLINE:
+            return self.offline
+        assert self.online is not None
+        return self.online
+
+    def set_mode(self, mode: Mode) -> None:
+        """Switch mode at run time (admin API). Going online opens the HTTP session."""
+        if mode is Mode.ONLINE and self.online is None:
+            s = self.config.server
+            self.session = make_session(s.connect_timeout, s.read_timeout)
+            self.online = OnlineSource(self.store, self.session, self.metrics)
+        self.mode = mode
+
+    async def close(self) -> None:
+        if self.online is not None:
+            await self.online.close()
+        if self.session is not None:
+            await self.session.close()
+        self.store.close()
