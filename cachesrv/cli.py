@@ -224,7 +224,10 @@ def _run(coro: Any) -> Any:
 
 def _invoke(typer_app: typer.Typer, prog: str) -> None:
     try:
-        typer_app(prog_name=prog, standalone_mode=False)
+        # Outside standalone mode click returns typer.Exit's code instead of exiting.
+        rc = typer_app(prog_name=prog, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except CachesrvError as exc:
         if _debug:
             raise
@@ -258,3 +261,49 @@ def main() -> None:
 
 def seed_main() -> None:
     _invoke(seed_app, "seed")
+
+
+# -- seed list / show ----------------------------------------------------------
+
+
+@seed_app.command("list")
+def seed_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
+    """Named seeds with their entry counts and sizes."""
+    st = _open_store(config, store)
+    try:
+        rows = st.index.seeds()
+    finally:
+        st.close()
+    if not rows:
+        typer.echo("no seeds")
+    for r in rows:
+        typer.echo(f"{r['name']:<30} {r['entries']:>7} entries {r['bytes']:>14} bytes")
+
+
+@seed_app.command("show")
+def seed_show(
+    name: Annotated[str, typer.Argument(help="Seed name.")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """A seed's entries, total size and any missing blobs."""
+    st = _open_store(config, store)
+    try:
+        keys = st.index.seed_keys(name)
+        if not keys:
+            raise ConfigError(f"no seed named {name!r} (see `cachesrv seed list`)")
+        total = 0
+        missing: list[str] = []
+        for key in keys:
+            entry = st.index.get(key)
+            if entry is None or not st.blobs.has(entry.digest):
+                missing.append(key)
+                typer.echo(f"MISSING  {key}")
+                continue
+            total += entry.size
+            typer.echo(f"{entry.size:>12}  {key}")
+    finally:
+        st.close()
+    typer.echo(f"seed {name}: {len(keys)} entries, {total} bytes, {len(missing)} missing blobs")
+    if missing:
+        raise typer.Exit(1)

@@ -193,7 +193,10 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
             value = server_raw[key]
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError("must be a positive number", file=source, key=f"server.{key}")
-            server = replace(server, **{key: float(value)})
+            if key == "connect_timeout":
+                server = replace(server, connect_timeout=float(value))
+            else:
+                server = replace(server, read_timeout=float(value))
     if "max_url_length" in server_raw:
         value = server_raw["max_url_length"]
         if not isinstance(value, int) or isinstance(value, bool) or value < 256:
@@ -240,7 +243,9 @@ def _upstream(name: str, t: Mapping[str, Any], source: str | None) -> UpstreamCo
 
 def _url(value: str, source: str | None, key: str) -> str:
     if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
-        raise ConfigError(f"must be an http:// or https:// URL, not {value!r}", file=source, key=key)
+        raise ConfigError(
+            f"must be an http:// or https:// URL, not {value!r}", file=source, key=key
+        )
     return value.rstrip("/")
 
 

@@ -19,9 +19,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
-import aiohttp.client_exceptions
+from yarl import URL
 
 from .config import UpstreamConfig
 from .errors import (
@@ -302,7 +303,7 @@ class OnlineSource:
                 return resp
             location = resp.headers.get("Location", "")
             resp.release()
-            target = resp.url.join(aiohttp.client.URL(location))
+            target = resp.url.join(URL(location))
             if not _allowed_redirect(route.upstream, target.host or ""):
                 raise UpstreamError(
                     route.upstream.name, route.url, f"redirected to a host not allowed: {target}"
@@ -341,7 +342,7 @@ def _upstream_error(exc: BaseException, name: str, url: str) -> CachesrvError:
     return UpstreamError(name, url, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _consume_exception(fut: asyncio.Future[object]) -> None:
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
 

@@ -8,9 +8,8 @@ entries whose blob is gone or quarantined and removes stray temp files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import hashlib
+from dataclasses import dataclass, field
 
 from .models import BlobInfo, Digest
 from .progress import progress
@@ -79,9 +78,6 @@ def fsck(store: Store, *, repair: bool = False) -> FsckReport:
 
 
 def store_blob_info(store: Store, digest: Digest) -> BlobInfo:
-
-
-
 
     h = hashlib.sha256()
     size = 0

@@ -30,7 +30,9 @@ class Metrics:
         )
         self.in_flight = Gauge("cachesrv_fetches_in_flight", "Upstream fetches running", registry=r)
         self.stale = Counter(
-            "cachesrv_stale_served", "Stale copies served because upstream failed", ["upstream"],
+            "cachesrv_stale_served",
+            "Stale copies served because upstream failed",
+            ["upstream"],
             registry=r,
         )
         self.store_bytes = Gauge("cachesrv_store_bytes", "Bytes of blobs in the store", registry=r)

@@ -268,7 +268,8 @@ class Index:
         return self._rows(
             "SELECT s.seed AS name, count(*) AS entries, coalesce(sum(e.size), 0) AS bytes, "
             "sum(e.key IS NULL) AS dangling "
-            "FROM seed_entries s LEFT JOIN entries e ON e.key = s.key GROUP BY s.seed ORDER BY s.seed"
+            "FROM seed_entries s LEFT JOIN entries e ON e.key = s.key "
+            "GROUP BY s.seed ORDER BY s.seed"
         )
 
     def seed_keys(self, seed: str) -> list[str]:

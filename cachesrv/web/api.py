@@ -87,7 +87,9 @@ async def metrics(request: web.Request) -> web.Response:
     for upstream, row in data["by_upstream"].items():
         state.metrics.store_entries.labels(upstream).set(row["entries"])
     return web.Response(
-        body=state.metrics.render(), content_type="text/plain", charset="utf-8",
+        body=state.metrics.render(),
+        content_type="text/plain",
+        charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
 
