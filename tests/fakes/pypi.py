@@ -234,7 +234,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
         return max(0, size - suffix), size - 1
     start = int(first)
     end = int(last) if last else size - 1
-    if end < start:
+    if last and end < start:
         return None
     if start >= size:
         return False
@@ -511,9 +511,7 @@ class FakePyPI:
         wanted = request.query.get("format") or request.headers.get("Accept")
         chosen = negotiate(wanted)
         if chosen is None:
-            raise web.HTTPNotAcceptable(
-                text=f"acceptable: {JSON_V1}, {HTML_V1}, {TEXT_HTML}\n"
-            )
+            raise web.HTTPNotAcceptable(text=f"acceptable: {JSON_V1}, {HTML_V1}, {TEXT_HTML}\n")
         return chosen
 
     def _page(
@@ -588,9 +586,7 @@ class FakePyPI:
                     "dist-info-metadata": meta,
                     "yanked": (yanked or True) if yanked is not None else False,
                     "size": d.size,
-                    "upload-time": time.strftime(
-                        "%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(d.mtime)
-                    ),
+                    "upload-time": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(d.mtime)),
                 }
             )
         versions = sorted({d.version for d in dists})
