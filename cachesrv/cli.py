@@ -29,6 +29,11 @@ app = typer.Typer(
 )
 seed_app = typer.Typer(help="Named seeds and USB seed bundles.", no_args_is_help=True)
 app.add_typer(seed_app, name="seed")
+snap_app = typer.Typer(
+    help="Snaps: record one for offline builds, or write it out for snap ack/install.",
+    no_args_is_help=True,
+)
+app.add_typer(snap_app, name="snap")
 
 _debug = False
 
@@ -97,13 +102,25 @@ def serve(
     strict: Annotated[
         bool, typer.Option(help="Offline: serve /@SEED/ requests only from that seed.")
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="Log lines as text or json (default: server.log_format, text)."),
+    ] = None,
 ) -> None:
-    """Run the caching proxy (on built-in defaults when given no options)."""
+    """Run the caching proxy (on built-in defaults when given no options).
+
+    Under systemd socket activation (LISTEN_FDS) it serves the passed socket and
+    ignores --listen.
+    """
+    from .web.accesslog import setup_logging
     from .web.serve import run_server
 
+    if log_format not in (None, "text", "json"):
+        raise ConfigError(f"--log-format must be text or json, not {log_format!r}")
     cfg = _config(config, store).with_overrides(listen=listen, mode=mode)
-    _setup_logging()
-    _run(run_server(cfg, strict=strict))
+    fmt = log_format or cfg.server.log_format
+    setup_logging(fmt)
+    _run(run_server(cfg, strict=strict, log_format=fmt))
 
 
 # -- misses, stats, fsck, prefetch -----------------------------------------
@@ -307,3 +324,190 @@ def seed_show(
     typer.echo(f"seed {name}: {len(keys)} entries, {total} bytes, {len(missing)} missing blobs")
     if missing:
         raise typer.Exit(1)
+
+
+# -- seed export / import / verify / inventory -----------------------------------
+
+
+@seed_app.command("export")
+def seed_export(
+    dest: Annotated[Path, typer.Argument(help="Bundle directory (empty, or an earlier export).")],
+    seed: Annotated[
+        list[str] | None, typer.Option("--seed", help="Only this named seed (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only entries recorded since WHEN (2h, 3d, ISO).")
+    ] = None,
+    missing_from: Annotated[
+        Path | None,
+        typer.Option(help="Inventory of the receiving store: export only what it lacks."),
+    ] = None,
+    split_size: Annotated[
+        str | None,
+        typer.Option(help="Split larger blobs into pieces (1MiB, 500M, 4GiB, fat32)."),
+    ] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Write the store (or seeds, or what another store lacks) as a bundle; resumable."""
+    from .seed import ExportOptions, export_bundle, parse_size
+
+    try:
+        split = parse_size(split_size) if split_size is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--split-size: {exc}") from None
+    opts = ExportOptions(
+        seeds=tuple(seed or ()),
+        since=parse_when(since) if since else None,
+        missing_from=missing_from,
+        split_size=split,
+    )
+    st = _open_store(config, store)
+    try:
+        report = export_bundle(st, dest, opts)
+    finally:
+        st.close()
+    for why in report.skipped:
+        typer.echo(f"skipped: {why}", err=True)
+    typer.echo(report.summary())
+
+
+@seed_app.command("import")
+def seed_import(
+    src: Annotated[Path, typer.Argument(help="Bundle directory written by `seed export`.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Verify and report what would change; change nothing.")
+    ] = False,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Verify a bundle completely, then merge it into the store (all or nothing)."""
+    from .seed import import_bundle
+
+    st = _open_store(config, store)
+    try:
+        report = import_bundle(st, src, dry_run=dry_run)
+    finally:
+        st.close()
+    if dry_run:
+        for line in report.details():
+            typer.echo(line)
+    else:
+        for key in report.kept:
+            typer.echo(f"kept: {key} (this store's copy is newer)", err=True)
+    typer.echo(report.summary())
+
+
+@seed_app.command("verify")
+def seed_verify(
+    src: Annotated[Path, typer.Argument(help="Bundle directory.")],
+) -> None:
+    """Check a bundle (format, paths, sizes, every digest) without importing it."""
+    from .seed import verify_bundle
+
+    typer.echo(verify_bundle(src).summary())
+
+
+@seed_app.command("inventory")
+def seed_inventory(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE (default: stdout).")
+    ] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """What this store holds, for `seed export --missing-from` at the other site."""
+    from .seed import write_inventory
+
+    st = _open_store(config, store)
+    try:
+        text, inv = write_inventory(st, output)
+    finally:
+        st.close()
+    summary = (
+        f"seed inventory: {len(inv['digests'])} blobs, {len(inv['entries'])} entries, "
+        f"{len(inv['seeds'])} seeds"
+    )
+    if output is None:
+        sys.stdout.write(text)
+        typer.echo(summary, err=True)
+    else:
+        typer.echo(f"{summary} -> {output}")
+
+
+# -- snap fetch / files -----------------------------------------------------------
+
+SnapUpstreamOpt = Annotated[
+    str | None,
+    typer.Option("--upstream", help="Snap upstream name (default: the only snap upstream)."),
+]
+
+
+@snap_app.command("fetch")
+def snap_fetch(
+    name: Annotated[str, typer.Argument(help="Snap name.")],
+    channel: Annotated[
+        str, typer.Option(help="Channel, as `snap download --channel` takes it (default stable).")
+    ] = "",
+    arch: Annotated[
+        str | None, typer.Option(help="Snap architecture (default: this machine's, e.g. amd64).")
+    ] = None,
+    revision: Annotated[
+        int | None, typer.Option(min=1, help="A revision instead of a channel.")
+    ] = None,
+    seed: Annotated[str | None, typer.Option(help="Record the entries in this seed.")] = None,
+    upstream: SnapUpstreamOpt = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Online: record a snap, its refresh answer and its assertion chain.
+
+    Asks the store what `snap download NAME` asks, so an offline `snap download`,
+    snapd install or snapcraft build finds every answer it needs.
+    """
+    import platform
+
+    from .snapfetch import fetch_snap
+    from .upstreams.snap import snap_arch
+
+    if channel and revision:
+        raise ConfigError("give --channel or --revision, not both")
+    cfg = _config(config, store)
+    report = _run(
+        fetch_snap(
+            cfg,
+            name,
+            channel=channel,
+            arch=arch or snap_arch(platform.machine()),
+            revision=revision,
+            seed=seed,
+            upstream_name=upstream,
+        )
+    )
+    typer.echo(report.summary())
+
+
+@snap_app.command("files")
+def snap_files(
+    name: Annotated[str, typer.Argument(help="Snap name.")],
+    dest: Annotated[Path, typer.Argument(help="Directory to write NAME_REV.snap/.assert to.")],
+    channel: Annotated[str | None, typer.Option(help="Only a download of this channel.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Only a download for this architecture.")] = None,
+    revision: Annotated[int | None, typer.Option(min=1, help="Only this revision.")] = None,
+    upstream: SnapUpstreamOpt = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Write NAME_REV.snap and NAME_REV.assert from the store, with no network.
+
+    Takes the most recently recorded download of NAME that matches the options. Then,
+    on the target machine: `snap ack NAME_REV.assert && snap install NAME_REV.snap`.
+    """
+    from .snapfetch import snap_files as write_files
+
+    cfg = _config(config, store)
+    out = write_files(
+        cfg, name, dest, channel=channel, arch=arch, revision=revision, upstream_name=upstream
+    )
+    typer.echo(f"{out.snap}\n{out.assertions}")
+    typer.echo(f"install with: snap ack {out.assertions} && snap install {out.snap}")

@@ -41,13 +41,22 @@ class UpstreamConfig:
         """The upstream URL without a trailing slash."""
         return self.url.rstrip("/")
 
-    def allows_host(self, host: str) -> bool:
-        """Whether a download may point at `host` (the upstream's own or a file host)."""
-        host = host.lower()
+    def allows_host(self, netloc: str) -> bool:
+        """Whether a download may point at `netloc` (host or host:port): the upstream's
+        own host or one of its `file_hosts`. A pattern with a port must match the port
+        too; one without matches the host name on any port."""
+        netloc = netloc.lower()
         own = {_host_of(self.url)}
         if self.assertions_url:
             own.add(_host_of(self.assertions_url))
-        return host in own or any(fnmatch.fnmatchcase(host, p.lower()) for p in self.file_hosts)
+        if netloc in own:
+            return True
+        hostname = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+        for pattern in self.file_hosts:
+            target = netloc if ":" in pattern else hostname
+            if fnmatch.fnmatchcase(target, pattern.lower()):
+                return True
+        return False
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,21 @@ class NotCached(CachesrvError):
     status = 404
     reason = "Not in offline seed"
 
-    def __init__(self, diagnosis: Diagnosis) -> None:
+    def __init__(
+        self,
+        diagnosis: Diagnosis,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> None:
         super().__init__(f"not in offline seed: {diagnosis.key.url} ({diagnosis.reason.value})")
         self.diagnosis = diagnosis
+        #: A client-specific answer (the snap store's error shapes): extra headers, and
+        #: a body with its exact Content-Type that replaces the diagnosis text.
+        self.headers = headers or {}
+        self.body = body
+        self.content_type = content_type
 
 
 class UpstreamError(CachesrvError):

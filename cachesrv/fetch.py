@@ -17,14 +17,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from .config import UpstreamConfig
 from .errors import (
     CachesrvError,
     IntegrityError,
@@ -36,7 +35,7 @@ from .metrics import Metrics
 from .models import ArtifactKind, CacheKey, Entry
 from .source import Answer, Outcome, Request, Stored, Streaming
 from .store import Store
-from .upstreams import artifact_kind, declared_sha256
+from .upstreams import artifact_kind, declared_sha256, upstream_request
 from .upstreams.router import Route
 
 log = logging.getLogger("cachesrv.fetch")
@@ -52,11 +51,6 @@ class Expected:
 
     algorithm: str  # "sha256" or "sha3_384"
     hexdigest: str
-
-
-#: Finds the hash an upstream declared for a route, if any (pip `#sha256=`,
-#: snap sha3-384); apt's by-hash paths are handled by `declared_sha256`.
-ExpectationLookup = Callable[[Route], Awaitable[Expected | None]]
 
 
 class Flight:
@@ -231,34 +225,41 @@ class OnlineSource:
         store: Store,
         session: aiohttp.ClientSession,
         metrics: Metrics,
-        *,
-        expectations: ExpectationLookup | None = None,
     ) -> None:
         self.store = store
         self.session = session
         self.metrics = metrics
         self.flights: dict[str, Flight] = {}
-        self._expectations = expectations
 
     async def expected_hash(self, route: Route) -> Expected | None:
-        if self._expectations is not None:
-            found = await self._expectations(route)
-            if found is not None:
-                return found
+        """The hash the upstream declared for this body: in the URL (apt by-hash) or
+        on an index page recorded earlier (pip `#sha256=`, snap sha3-384)."""
         sha = declared_sha256(route.upstream.kind, route.path)
-        return Expected("sha256", sha) if sha else None
+        if sha:
+            return Expected("sha256", sha)
+        index = self.store.index
+        declared = await index.run(index.declared_hash, route.url)
+        return Expected(*declared) if declared else None
 
     async def open(self, request: Request) -> Answer:
         route = request.route
         index = self.store.index
         flight = self.flights.get(route.url)
+        if flight is None and route.seed is None:
+            # The hit path: memory only, no SQLite, no thread (see store/hot.py).
+            item = self.store.hot.get(route.url)
+            if item is not None and item.entry.kind is ArtifactKind.IMMUTABLE:
+                return Stored(item.entry, item.path, Outcome.HIT, item)
         if flight is None:
             entry = await index.run(index.get, route.url)
             usable = entry is not None and await self._usable(entry)
             if entry is not None and usable and entry.kind is ArtifactKind.IMMUTABLE:
                 if route.seed:
                     await index.run(index.add_to_seed, route.seed, route.url)
-                return Stored(entry, self.store.blobs.path(entry.digest), Outcome.HIT)
+                path = self.store.blobs.path(entry.digest)
+                loop = asyncio.get_running_loop()
+                hot = await loop.run_in_executor(None, self.store.hot.load, entry, path)
+                return Stored(entry, path, Outcome.HIT, hot)
             # The await above may have let another request start the flight.
             flight = self.flights.get(route.url)
             if flight is None:
@@ -290,13 +291,13 @@ class OnlineSource:
     async def request(self, route: Route, previous: Entry | None) -> aiohttp.ClientResponse:
         """GET the route's URL (conditionally when revalidating), following only
         redirects to hosts the upstream allows."""
-        headers = {"Accept-Encoding": "identity"}
+        url, extra = upstream_request(route.upstream.kind, route.url)
+        headers = {"Accept-Encoding": "identity", **extra}
         if previous is not None:
             if previous.etag:
                 headers["If-None-Match"] = previous.etag
             if previous.last_modified:
                 headers["If-Modified-Since"] = previous.last_modified
-        url = route.url
         for _ in range(MAX_REDIRECTS + 1):
             resp = await self.session.get(url, headers=headers, allow_redirects=False)
             if resp.status not in (301, 302, 303, 307, 308):
@@ -304,7 +305,10 @@ class OnlineSource:
             location = resp.headers.get("Location", "")
             resp.release()
             target = resp.url.join(URL(location))
-            if not _allowed_redirect(route.upstream, target.host or ""):
+            netloc = target.host or ""
+            if target.explicit_port is not None:
+                netloc = f"{netloc}:{target.explicit_port}"
+            if not route.upstream.allows_host(netloc):
                 raise UpstreamError(
                     route.upstream.name, route.url, f"redirected to a host not allowed: {target}"
                 )
@@ -322,10 +326,6 @@ class OnlineSource:
             flight.task.cancel()
             with contextlib.suppress(BaseException):
                 await flight.task
-
-
-def _allowed_redirect(upstream: UpstreamConfig, host: str) -> bool:
-    return upstream.allows_host(host)
 
 
 def _upstream_error(exc: BaseException, name: str, url: str) -> CachesrvError:

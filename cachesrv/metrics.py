@@ -1,10 +1,39 @@
-"""Prometheus metrics, one registry per server (no process globals)."""
+"""Prometheus metrics, one registry per server (no process globals).
+
+What moves where:
+- `cachesrv_requests_total{outcome,upstream}`: one per proxy request, counted once
+  by the web error middleware, whatever the answer (hit, recorded, revalidated,
+  stale, offline_miss, refused, upstream_error, passthrough).
+- `cachesrv_served_bytes_total{upstream}` and `cachesrv_request_duration_seconds`:
+  by the access logger, after the response went out.
+- `cachesrv_fetched_bytes_total`, `cachesrv_upstream_latency_seconds`,
+  `cachesrv_fetches_in_flight`, `cachesrv_stale_served_total`: by the online source.
+- `cachesrv_store_*` and `cachesrv_offline`: read from the index at scrape time.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .source import Outcome
+
+#: Outcomes answered from the store without fetching a body upstream.
+SERVED_FROM_STORE = frozenset({Outcome.HIT, Outcome.REVALIDATED, Outcome.STALE})
+#: Outcomes that count towards the hit ratio's denominator (refusals never could hit).
+CACHEABLE = SERVED_FROM_STORE | {
+    Outcome.RECORDED,
+    Outcome.OFFLINE_MISS,
+    Outcome.UPSTREAM_ERROR,
+    Outcome.PASSTHROUGH,
+}
+
+#: The Prometheus text exposition format that `generate_latest` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
 
 
 class Metrics:
@@ -14,10 +43,20 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "cachesrv_requests", "Requests by outcome", ["outcome", "upstream"], registry=r
+            "cachesrv_requests", "Proxy requests by outcome", ["outcome", "upstream"], registry=r
         )
         self.bytes_served = Counter(
-            "cachesrv_served_bytes", "Body bytes sent to clients", registry=r
+            "cachesrv_served_bytes",
+            "Body bytes sent to proxy clients (Content-Length when declared)",
+            ["upstream"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "cachesrv_request_duration_seconds",
+            "Time from request to the last byte sent, by outcome",
+            ["outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
         )
         self.bytes_fetched = Counter(
             "cachesrv_fetched_bytes", "Body bytes received from upstreams", ["upstream"], registry=r
@@ -36,12 +75,63 @@ class Metrics:
             registry=r,
         )
         self.store_bytes = Gauge("cachesrv_store_bytes", "Bytes of blobs in the store", registry=r)
+        self.store_blobs = Gauge("cachesrv_store_blobs", "Blobs in the store", registry=r)
         self.store_entries = Gauge(
             "cachesrv_store_entries", "Entries in the store", ["upstream"], registry=r
         )
+        self.store_entry_bytes = Gauge(
+            "cachesrv_store_entry_bytes",
+            "Bytes of the entries of each upstream (before deduplication)",
+            ["upstream"],
+            registry=r,
+        )
+        self.quarantined = Gauge(
+            "cachesrv_store_quarantined_blobs", "Blobs quarantined by fsck or the API", registry=r
+        )
+        self.misses_logged = Gauge(
+            "cachesrv_misses_logged", "Offline misses in the store's miss log", registry=r
+        )
+        self.offline = Gauge("cachesrv_offline", "1 when the server is in offline mode", registry=r)
 
     def count(self, outcome: Outcome, upstream: str = "") -> None:
         self.requests.labels(outcome.value, upstream).inc()
+
+    def served(self, outcome: Outcome, upstream: str, nbytes: int, seconds: float) -> None:
+        """One proxy response went out (called by the access logger)."""
+        if nbytes:
+            self.bytes_served.labels(upstream).inc(nbytes)
+        self.request_duration.labels(outcome.value).observe(seconds)
+
+    def update_store(self, stats: Mapping[str, Any], *, offline: bool) -> None:
+        """Refresh the store gauges from `Index.stats()` (at scrape time)."""
+        self.store_bytes.set(stats["blob_bytes"])
+        self.store_blobs.set(stats["blobs"])
+        self.quarantined.set(stats["quarantined"])
+        self.misses_logged.set(stats["misses_logged"])
+        self.offline.set(1 if offline else 0)
+        # An upstream whose entries were all deleted must drop out, not keep its last value.
+        self.store_entries.clear()
+        self.store_entry_bytes.clear()
+        for upstream, row in stats["by_upstream"].items():
+            self.store_entries.labels(upstream).set(row["entries"])
+            self.store_entry_bytes.labels(upstream).set(row["bytes"] or 0)
+
+    def outcome_totals(self) -> dict[Outcome, float]:
+        """Requests so far by outcome, summed over upstreams."""
+        totals = dict.fromkeys(Outcome, 0.0)
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    totals[Outcome(sample.labels["outcome"])] += sample.value
+        return totals
+
+    def hit_ratio(self) -> float | None:
+        """Share of cacheable requests answered from the store; None before any."""
+        totals = self.outcome_totals()
+        cacheable = sum(v for o, v in totals.items() if o in CACHEABLE)
+        if not cacheable:
+            return None
+        return sum(v for o, v in totals.items() if o in SERVED_FROM_STORE) / cacheable
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,8 @@ store's miss log, so `cachesrv misses` lists exactly what to fetch.
 
 from __future__ import annotations
 
+import asyncio
+
 from .errors import NotCached
 from .models import CacheKey, Diagnosis, Entry, MissReason
 from .source import Answer, Outcome, Request, Stored
@@ -23,6 +25,11 @@ class OfflineSource:
 
     async def open(self, request: Request) -> Answer:
         route = request.route
+        if route.seed is None:
+            # The hit path: memory only, no SQLite, no thread (see store/hot.py).
+            item = self.store.hot.get(route.url)
+            if item is not None:
+                return Stored(item.entry, item.path, Outcome.HIT, item)
         index = self.store.index
         entry = await index.run(index.get, route.url)
         reason = await self._why_unusable(entry, route.seed)
@@ -30,7 +37,10 @@ class OfflineSource:
             assert entry is not None
             if route.seed and not self.strict:
                 await index.run(index.add_to_seed, route.seed, route.url)
-            return Stored(entry, self.store.blobs.path(entry.digest), Outcome.HIT)
+            path = self.store.blobs.path(entry.digest)
+            loop = asyncio.get_running_loop()
+            item = await loop.run_in_executor(None, self.store.hot.load, entry, path)
+            return Stored(entry, path, Outcome.HIT, item)
         await index.run(
             index.log_miss,
             route.key,

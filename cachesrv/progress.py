@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -33,7 +34,8 @@ def progress(description: str, total: int | None, *, unit_bytes: bool = False) -
     else:
         columns += [TextColumn("{task.completed}/{task.total}")]
     columns.append(TimeRemainingColumn())
-    with Progress(*columns, transient=True) as bar:
+    # On stderr, the stream tested above: stdout may be a pipe carrying results.
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
 
         def tick(advance: int = 1) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .models import Entry
+from .store.hot import HotItem
 from .upstreams.router import Route
 
 if TYPE_CHECKING:
@@ -38,6 +39,11 @@ class Request:
     route: Route
     method: str = "GET"
     user_agent: str | None = None
+    accept: str | None = None
+    #: The request body (only snap store API POSTs carry one).
+    body: bytes | None = None
+    #: The client's request headers (the snap store decorator forwards some upstream).
+    headers: tuple[tuple[str, str], ...] = ()
     #: The client wants the whole body at once (HEAD, Range): wait for the
     #: fetch to complete and answer from the store rather than streaming.
     needs_complete: bool = False
@@ -50,6 +56,8 @@ class Stored:
     entry: Entry
     path: Path
     outcome: Outcome
+    #: The hot-cache view (stat, and the body when small), when the hit came from memory.
+    hot: HotItem | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,18 @@ class Streaming:
     outcome: Outcome = Outcome.RECORDED
 
 
-Answer = Stored | Streaming
+@dataclass(frozen=True)
+class Generated:
+    """Answer with a body made for this request (a rewritten index page)."""
+
+    body: bytes
+    content_type: str
+    outcome: Outcome
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Answer = Stored | Streaming | Generated
 
 
 class Source(Protocol):

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -27,18 +28,24 @@ REPO = Path(__file__).resolve().parent.parent
 CACHESRV = [sys.executable, "-m", "cachesrv"]
 
 
-def config_text(upstreams: dict[str, tuple[str, str]], **server: object) -> str:
+Upstreams = dict[str, tuple[str, str] | dict[str, object]]
+
+
+def config_text(upstreams: Upstreams, **server: object) -> str:
+    """TOML for `upstreams` ({name: (kind, url)} or {name: {key: value}}) and `server` keys."""
     lines = ["[server]"]
     for k, v in server.items():
-        lines.append(f"{k} = {v!r}".replace("'", '"'))
-    for name, (kind, url) in upstreams.items():
-        lines += [f"[upstreams.{name}]", f'kind = "{kind}"', f'url = "{url}"']
+        lines.append(f"{k} = {json.dumps(v)}")
+    for name, spec in upstreams.items():
+        table = {"kind": spec[0], "url": spec[1]} if isinstance(spec, tuple) else spec
+        lines.append(f"[upstreams.{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Path]:
-    def make(upstreams: dict[str, tuple[str, str]], **server: object) -> Path:
+    def make(upstreams: Upstreams, **server: object) -> Path:
         path = tmp_path / "cachesrv.toml"
         path.write_text(config_text(upstreams, **server))
         return path
@@ -50,7 +57,7 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 def load(tmp_path: Path) -> Callable[..., Config]:
     """A Config for in-process apps: upstreams + a private store."""
 
-    def make(upstreams: dict[str, tuple[str, str]], **server: object) -> Config:
+    def make(upstreams: Upstreams, **server: object) -> Config:
         path = tmp_path / "inproc.toml"
         path.write_text(config_text(upstreams, **server))
         return load_config(path, store=tmp_path / "store")

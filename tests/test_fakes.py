@@ -8,8 +8,10 @@ Everything talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import http.client
+import socket
 import subprocess
 import time
 import urllib.error
@@ -282,6 +284,28 @@ def test_hang_fault_and_prompt_stop(www: Path) -> None:
         started = time.monotonic()
         up.stop()
     assert time.monotonic() - started < 2
+
+
+def test_stop_leaks_no_socket_when_client_never_reads(www: Path) -> None:
+    # A truncated body the client never reads stays in a "closing" transport; stop() must
+    # still close its socket, or a later test fails on an unraisable ResourceWarning.
+    (www / "huge.bin").write_bytes(b"x" * 20_000_000)
+    up = FakeUpstream(www).start()
+    up.faults["/huge.bin"] = Fault.truncate()
+    with socket.create_connection(("127.0.0.1", up.port), timeout=10) as sock:
+        sock.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(12) == b"HTTP/1.1 200"
+        up.stop()
+    gc.collect()  # a leaked transport would warn here (filterwarnings = error)
+
+
+def test_stop_right_after_connect_leaks_nothing(www: Path) -> None:
+    # A connection accepted (or still being accepted) when stop() runs must be closed too.
+    for _ in range(10):
+        up = FakeUpstream(www).start()
+        with socket.create_connection(("127.0.0.1", up.port), timeout=10):
+            up.stop()
+        gc.collect()
 
 
 # -- FakeUpstream from async tests (aiohttp client) ---------------------------------------

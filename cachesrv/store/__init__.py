@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .blobs import BlobStore, BlobWriter
+from .hot import HotCache, HotItem
 from .index import Index
 
-__all__ = ["BlobStore", "BlobWriter", "Index", "Store"]
+__all__ = ["BlobStore", "BlobWriter", "HotCache", "HotItem", "Index", "Store"]
 
 
 class Store:
@@ -17,6 +18,8 @@ class Store:
         self.root = root
         self.blobs = BlobStore(root)
         self.index = Index(root / "index.sqlite")
+        self.hot = HotCache()
+        self.index.on_change = self.hot.invalidate
 
     def close(self) -> None:
         self.index.close()

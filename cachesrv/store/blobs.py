@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import blake3
@@ -166,6 +166,28 @@ class BlobStore:
                 f.unlink()
                 n += 1
         return n
+
+    def adopt(self, files: Iterable[tuple[Path, Digest]]) -> int:
+        """Rename verified, fsynced files from `tmp/` into `objects/` under their digests.
+
+        The caller has checked that each file's blake3 is its digest (seed import
+        stages a whole bundle this way, so that a bad bundle adds nothing); an
+        existing blob is replaced by identical bytes. Each directory is fsynced
+        once. Returns how many files were moved.
+        """
+        dirs: set[Path] = set()
+        moved = 0
+        for src, digest in files:
+            final = self.path(digest)
+            if not final.parent.is_dir():
+                final.parent.mkdir(exist_ok=True)
+                dirs.add(self.objects)
+            os.replace(src, final)
+            dirs.add(final.parent)
+            moved += 1
+        for d in sorted(dirs):
+            _fsync_dir(d)
+        return moved
 
 
 def _fsync_dir(path: Path) -> None:

@@ -74,9 +74,28 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m002_declared_hashes(db: sqlite_utils.Database) -> None:
+    """Hashes that index pages declare for files (pip's `#sha256=`, snap's sha3-384)."""
+    db.executescript(
+        """
+        CREATE TABLE declared_hashes (
+            key TEXT PRIMARY KEY,
+            algorithm TEXT NOT NULL,
+            hexdigest TEXT NOT NULL,
+            page TEXT NOT NULL
+        );
+        CREATE TABLE pages_indexed (
+            page TEXT PRIMARY KEY,
+            digest TEXT NOT NULL
+        );
+        """
+    )
+
+
 #: Named migrations, applied in order, each once. Append; never edit or reorder.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_declared_hashes", _m002_declared_hashes),
 ]
 
 _ENTRY_COLS = (
@@ -96,6 +115,9 @@ class Index:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._executor: ThreadPoolExecutor | None = None
+        #: Called with a key (or None: everything) whenever this process changes what
+        #: a key serves; the hot-entry cache listens here.
+        self.on_change: Callable[[str | None], None] = lambda key: None
         self._migrate()
 
     # -- plumbing -----------------------------------------------------------
@@ -171,6 +193,7 @@ class Index:
                     entry.validated,
                 ],
             )
+        self.on_change(entry.key.url)
 
     def touch(self, url: str, when: float | None = None) -> None:
         """Mark a mutable entry as revalidated upstream (a 304)."""
@@ -182,6 +205,7 @@ class Index:
         with self.db.conn:
             cur = self.db.execute("DELETE FROM entries WHERE key = ?", [url])
             self.db.execute("DELETE FROM seed_entries WHERE key = ?", [url])
+        self.on_change(url)
         return cur.rowcount > 0
 
     def entries(self, prefix: str = "", limit: int | None = None) -> list[Entry]:
@@ -193,6 +217,11 @@ class Index:
     def entries_since(self, since: float) -> list[Entry]:
         sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE recorded >= ? ORDER BY key"
         return [_entry(r) for r in self._rows(sql, [since])]
+
+    def recent_entries(self, limit: int = 10) -> list[Entry]:
+        """The `limit` most recently recorded entries, newest first (status page)."""
+        sql = f"SELECT {_ENTRY_COLS} FROM entries ORDER BY recorded DESC LIMIT ?"
+        return [_entry(r) for r in self._rows(sql, [limit])]
 
     def nearest(self, key: CacheKey, package: str | None, limit: int = 5) -> list[str]:
         """Up to `limit` recorded keys in the same directory or of the same package."""
@@ -241,12 +270,59 @@ class Index:
         self.db.execute(
             "UPDATE blobs SET quarantined = ? WHERE digest = ?", [int(quarantined), digest.hex]
         )
+        self.on_change(None)  # many keys may share the blob
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (process) commits to the index."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def quarantined(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT digest FROM blobs WHERE quarantined = 1")]
 
     def referenced_digests(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT digest FROM entries")}
+
+    def stored_keys(self, keys: list[str], seed: str | None = None) -> set[str]:
+        """Which of `keys` have a recorded, unquarantined body (and are in `seed`)."""
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT e.key FROM entries e JOIN blobs b ON b.digest = e.digest "
+                f"WHERE b.quarantined = 0 AND e.key IN ({marks})"
+            )
+            params: list[str] = list(chunk)
+            if seed is not None:
+                sql += " AND e.key IN (SELECT key FROM seed_entries WHERE seed = ?)"
+                params.append(seed)
+            found.update(r[0] for r in self.db.execute(sql, params))
+        return found
+
+    # -- declared hashes ----------------------------------------------------
+
+    def declare_hashes(self, page: str, digest: str, rows: list[tuple[str, str, str]]) -> None:
+        """Remember the hashes a page (with body `digest`) declares for its files."""
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO declared_hashes (key, algorithm, hexdigest, page) "
+                "VALUES (?, ?, ?, ?)",
+                [(k, a, h, page) for k, a, h in rows],
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO pages_indexed (page, digest) VALUES (?, ?)", [page, digest]
+            )
+
+    def page_indexed(self, page: str, digest: str) -> bool:
+        row = self.db.execute("SELECT digest FROM pages_indexed WHERE page = ?", [page]).fetchone()
+        return bool(row and row[0] == digest)
+
+    def declared_hash(self, key: str) -> tuple[str, str] | None:
+        row = self.db.execute(
+            "SELECT algorithm, hexdigest FROM declared_hashes WHERE key = ?", [key]
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     # -- seeds --------------------------------------------------------------
 

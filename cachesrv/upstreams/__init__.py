@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..models import ArtifactKind
-from . import apt, generic
+from . import apt, generic, pypi, snap
 
 _VERSIONED = re.compile(r"^(.+?[-_])\d")
 
@@ -26,6 +26,15 @@ def declared_sha256(upstream_kind: str, path: str) -> str | None:
     if upstream_kind == "apt":
         return apt.declared_sha256(path)
     return None
+
+
+def upstream_request(upstream_kind: str, url: str) -> tuple[str, dict[str, str]]:
+    """The URL to fetch for a cache key and the extra headers to send."""
+    if upstream_kind == "pypi":
+        return pypi.upstream_request(url)
+    if upstream_kind == "snap":
+        return snap.upstream_request(url)
+    return url, {}
 
 
 def package_prefix(filename: str) -> str | None:

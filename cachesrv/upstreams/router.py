@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from ..config import UpstreamConfig
 from ..errors import BadRequest, Forbidden
 from ..models import CacheKey
+from . import pypi, snap
+from .urls import canonical_escapes, decode
 
 _SEED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CTL = re.compile(r"[\x00-\x20\x7f\\]")
 _BAD_ESCAPES = re.compile(r"%(00|2f|5c)", re.IGNORECASE)
-_PCT = re.compile(r"%([0-9a-fA-F]{2})")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ class Router:
                 f"no upstream named {head!r}; add an [upstreams.{_safe(head)}] table "
                 "with its url to the config"
             )
+        if upstream.kind in ("pypi", "snap"):
+            rest = _check_path(rest)
+            url = (pypi.key_url if upstream.kind == "pypi" else snap.key_url)(upstream, rest)
+            return Route(upstream=upstream, key=CacheKey(upstream.name, url), path=rest, seed=seed)
         return self._route(upstream, upstream.base, rest, seed)
 
     def _absolute(self, scheme: str, host_path: str, seed: str | None) -> Route:
@@ -106,7 +111,7 @@ class Router:
                 rest = host_path_q[len(prefix) :].lstrip("/")
                 return self._route(upstream, upstream.base, rest, seed)
         for upstream in self.upstreams.values():
-            if upstream.file_hosts and upstream.allows_host(host.split(":")[0]):
+            if upstream.file_hosts and upstream.allows_host(host):
                 base = f"{scheme}://{host}"
                 rest = host_path_q[len(host) :].lstrip("/")
                 return self._route(upstream, base, rest, seed)
@@ -123,9 +128,9 @@ class Router:
 
 def _check_path(path: str) -> str:
     """Refuse traversal in any spelling; normalise percent-escapes to upper case."""
-    path = _PCT.sub(lambda m: "%" + m.group(1).upper(), path)
+    path = canonical_escapes(path)
     plain, _, _ = path.partition("?")
-    decoded = _PCT.sub(lambda m: chr(int(m.group(1), 16)), plain)
+    decoded = decode(plain)
     for segment in decoded.split("/"):
         if segment in (".", ".."):
             raise BadRequest("path traversal ('..' or '.') is not allowed")

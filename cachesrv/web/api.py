@@ -1,7 +1,10 @@
-"""Status page, Prometheus metrics and the JSON API under `/_cachesrv/api/v1/`.
+"""Prometheus metrics and the JSON API under `/_cachesrv/api/v1/` (and the routes of
+the status page, which lives in `status.py`).
 
-Read-only endpoints are open; admin actions need `Authorization: Bearer <token>`
-with `server.admin_token` from the config (401 without, 403 when wrong).
+Read-only endpoints (`stats`, `misses`, `seeds`, `entries`) are open; admin actions
+(`POST mode`, `DELETE entries`, `POST quarantine`) need `Authorization: Bearer <token>`
+with `server.admin_token` from the config: 401 without it, 403 when wrong (or when
+no token is configured, so admin actions are off by default).
 """
 
 from __future__ import annotations
@@ -10,26 +13,54 @@ import hmac
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
-from ..errors import AccessDenied, BadRequest, NotFound, Unauthorized
+from ..errors import AccessDenied, BadRequest, MethodNotAllowed, NotFound, Unauthorized
+from ..metrics import CONTENT_TYPE
 from ..models import Digest, Mode
 from .keys import STATE
+from .status import status_page
 
 API = "/_cachesrv/api/v1"
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/_cachesrv/status", status_page)
-    r.add_get("/metrics", metrics)
-    r.add_get(f"{API}/stats", stats)
-    r.add_get(f"{API}/misses", misses)
-    r.add_get(f"{API}/seeds", seeds)
-    r.add_get(f"{API}/entries", entries)
-    r.add_post(f"{API}/mode", set_mode)
-    r.add_delete(f"{API}/entries", delete_entry)
-    r.add_post(f"{API}/quarantine", quarantine)
+    """cachesrv's own pages. Add them before the proxy's catch-all route: anything
+    else under `/_cachesrv/` is a 404 (or 405), never a proxy request."""
+    for method, path, handler in _routes():
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD
+        else:
+            app.router.add_route(method, path, handler)
+    app.router.add_route("*", "/metrics", _fallback)
+    app.router.add_route("*", "/_cachesrv/{tail:.*}", _fallback)
+
+
+def _routes() -> list[tuple[str, str, Handler]]:
+    return [
+        ("GET", "/_cachesrv/status", status_page),
+        ("GET", "/metrics", metrics),
+        ("GET", f"{API}/stats", stats),
+        ("GET", f"{API}/misses", misses),
+        ("GET", f"{API}/seeds", seeds),
+        ("GET", f"{API}/entries", entries),
+        ("POST", f"{API}/mode", set_mode),
+        ("DELETE", f"{API}/entries", delete_entry),
+        ("POST", f"{API}/quarantine", quarantine),
+    ]
+
+
+async def _fallback(request: web.Request) -> web.StreamResponse:
+    allowed = {m for m, path, _ in _routes() if path == request.path}
+    if not allowed:
+        raise NotFound(f"no such page: {request.path} (see /_cachesrv/status)")
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    raise MethodNotAllowed(
+        f"{request.method} {request.path}: use {', '.join(sorted(allowed))}",
+        allowed=tuple(sorted(allowed)),
+    )
 
 
 async def _stats(request: web.Request) -> dict[str, Any]:
@@ -38,6 +69,8 @@ async def _stats(request: web.Request) -> dict[str, Any]:
     data = await idx.run(idx.stats)
     data["mode"] = state.mode.value
     data["uptime"] = round(time.time() - state.started, 1)
+    data["requests"] = {o.value: int(n) for o, n in state.metrics.outcome_totals().items()}
+    data["hit_ratio"] = state.metrics.hit_ratio()
     return data
 
 
@@ -47,7 +80,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def misses(request: web.Request) -> web.Response:
     idx = request.app[STATE].store.index
-    since = float(request.query.get("since", "0") or 0)
+    since = _number(request, "since", 0.0)
     return web.json_response(await idx.run(idx.misses, since))
 
 
@@ -59,7 +92,7 @@ async def seeds(request: web.Request) -> web.Response:
 async def entries(request: web.Request) -> web.Response:
     idx = request.app[STATE].store.index
     prefix = request.query.get("prefix", "")
-    limit = min(int(request.query.get("limit", "1000")), 10000)
+    limit = min(int(_number(request, "limit", 1000)), 10000)
     found = await idx.run(idx.entries, prefix, limit)
     return web.json_response(
         [
@@ -82,40 +115,33 @@ async def entries(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     idx = state.store.index
-    data = await idx.run(idx.stats)
-    state.metrics.store_bytes.set(data["blob_bytes"])
-    for upstream, row in data["by_upstream"].items():
-        state.metrics.store_entries.labels(upstream).set(row["entries"])
+    state.metrics.update_store(await idx.run(idx.stats), offline=state.mode is Mode.OFFLINE)
     return web.Response(
         body=state.metrics.render(),
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
+        headers={hdrs.CONTENT_TYPE: CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
     )
 
 
-async def status_page(request: web.Request) -> web.Response:
-    data = await _stats(request)
-    rows = "".join(
-        f"<tr><td>{name}</td><td>{row['entries']}</td><td>{row['bytes']}</td></tr>"
-        for name, row in sorted(data["by_upstream"].items())
-    )
-    html = (
-        "<!doctype html><html><head><meta charset=utf-8><title>cachesrv status</title></head>"
-        f"<body><h1>cachesrv</h1><p>mode: <b>{data['mode']}</b></p>"
-        f"<p>{data['entries']} entries, {data['blob_bytes']} bytes in {data['blobs']} blobs</p>"
-        f"<table><tr><th>upstream</th><th>entries</th><th>bytes</th></tr>{rows}</table>"
-        "</body></html>"
-    )
-    return web.Response(text=html, content_type="text/html")
+def _number(request: web.Request, name: str, default: float) -> float:
+    text = request.query.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"?{name}= must be a number, not {text!r}") from None
+    if value < 0 or value != value:
+        raise BadRequest(f"?{name}= must not be negative")
+    return value
 
 
 def _require_admin(request: web.Request) -> None:
     token = request.app[STATE].config.server.admin_token
-    given = request.headers.get("Authorization", "")
-    if not given.startswith("Bearer "):
+    scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("admin action: send Authorization: Bearer <server.admin_token>")
-    if token is None or not hmac.compare_digest(given[7:].strip(), token):
+    # Constant-time comparison, so the token cannot be guessed byte by byte.
+    if token is None or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise AccessDenied("admin token is wrong (or server.admin_token is not configured)")
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..config import Config
-from ..metrics import Metrics
-from ..offline import OfflineSource
 from ..store import Store
-from ..upstreams.router import Router
 from . import api
 from .keys import CONFIG, STATE, STRICT
 from .middleware import errors_middleware
@@ -41,15 +40,24 @@ async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     removed = store.blobs.clean_tmp()
     if removed:
         log.info("removed %d temp files left by an interrupted write", removed)
-    state = ServerState(
-        config=config,
-        store=store,
-        router=Router(config.upstreams, config.server.max_url_length),
-        metrics=Metrics(),
-        mode=config.server.mode,
-        offline=OfflineSource(store, strict=app[STRICT]),
-    )
-    state.set_mode(config.server.mode)
+    state = ServerState.wire(config, store, strict=app[STRICT])
     app[STATE] = state
+    watcher = asyncio.create_task(_watch_index(state))
     yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await state.close()
+
+
+async def _watch_index(state: ServerState, every: float = 1.0) -> None:
+    """Drop the hot-entry cache when another process (fsck, seed import, another
+    worker) commits to the index; this process's own writes invalidate by key."""
+    index = state.store.index
+    last = await index.run(index.data_version)
+    while True:
+        await asyncio.sleep(every)
+        version = await index.run(index.data_version)
+        if version != last:
+            state.store.hot.invalidate()
+            last = version

@@ -12,6 +12,8 @@ from ..fetch import OnlineSource, make_session
 from ..metrics import Metrics
 from ..models import Mode
 from ..offline import OfflineSource
+from ..simple_index import SimpleIndex
+from ..snapstore import SnapStore
 from ..source import Source
 from ..store import Store
 from ..upstreams.router import Router
@@ -26,8 +28,8 @@ class ServerState:
     router: Router
     metrics: Metrics
     mode: Mode
-    offline: OfflineSource
-    online: OnlineSource | None = None
+    offline: Source
+    online: Source | None = None
     session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)
 
@@ -38,12 +40,40 @@ class ServerState:
         assert self.online is not None
         return self.online
 
+    @classmethod
+    def wire(cls, config: Config, store: Store, *, strict: bool) -> ServerState:
+        """Build the state: offline is lookups only; pypi pages and the snap store
+        wrap either source."""
+        state = cls(
+            config=config,
+            store=store,
+            router=Router(config.upstreams, config.server.max_url_length),
+            metrics=Metrics(),
+            mode=config.server.mode,
+            offline=SnapStore(
+                SimpleIndex(
+                    OfflineSource(store, strict=strict), store, offline=True, strict=strict
+                ),
+                store,
+                offline=True,
+            ),
+        )
+        state.set_mode(config.server.mode)
+        return state
+
     def set_mode(self, mode: Mode) -> None:
         """Switch mode at run time (admin API). Going online opens the HTTP session."""
         if mode is Mode.ONLINE and self.online is None:
             s = self.config.server
             self.session = make_session(s.connect_timeout, s.read_timeout)
-            self.online = OnlineSource(self.store, self.session, self.metrics)
+            online = OnlineSource(self.store, self.session, self.metrics)
+            self.online = SnapStore(
+                SimpleIndex(online, self.store, offline=False),
+                self.store,
+                offline=False,
+                session=self.session,
+                metrics=self.metrics,
+            )
         self.mode = mode
 
     async def close(self) -> None:

@@ -35,6 +35,8 @@ apt-ftparchive quirks handled here:
   old ones are deleted first and the new Release is written outside ``dists/`` then moved.
 * ``generate`` puts ``Architecture: all`` packages only into ``binary-all``; with ``all`` in
   the Release's ``Architectures`` apt fetches both ``binary-all`` and ``binary-<native>``.
+* ``add_packages`` re-publishing within the same second would be invisible to
+  ``If-Modified-Since`` (1 s resolution): the new index files get a later mtime.
 * SHA512 is disabled (Debian publishes MD5Sum + SHA256 only), so apt's strongest hash is
   SHA256 and it fetches ``by-hash/SHA256/<hex>``.
 """
@@ -197,10 +199,39 @@ def add_packages(
         dest=repo.dest,
         valid_days=repo.valid_days if valid_days is None else valid_days,
     )
+    previous = _index_files(new)
+    last_published = max((int(f.stat().st_mtime) for f in previous), default=0)
     _generate_indices(new)
     _write_release(new)
     _sign(new)
+    _bump_mtimes(new, last_published)
     return new
+
+
+def _index_files(repo: AptRepo) -> list[Path]:
+    """Release, InRelease, Release.gpg and the Packages files (not the by-hash copies)."""
+    if not repo.dist_dir.is_dir():
+        return []
+    return [p for p in repo.dist_dir.rglob("*") if p.is_file() and "by-hash" not in p.parts]
+
+
+def _bump_mtimes(repo: AptRepo, last_published: int) -> None:
+    """Make a re-publish visible to If-Modified-Since revalidation.
+
+    HTTP dates have 1 s resolution and apt revalidates InRelease with If-Modified-Since:
+    a repo re-published within the same second as before would be answered 304 and apt
+    (or a cache) would keep the old indices. So the new index files get an mtime at least
+    one whole second after the previous publication.
+    """
+    if last_published == 0:
+        return
+    files = _index_files(repo)
+    newest = max(int(f.stat().st_mtime) for f in files)
+    if newest > last_published:
+        return
+    stamp = last_published + 1
+    for f in files:
+        os.utime(f, (stamp, stamp))
 
 
 # -- packages ----------------------------------------------------------------------------

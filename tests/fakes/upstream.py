@@ -34,13 +34,14 @@ import dataclasses
 import enum
 import hashlib
 import mimetypes
-import socket
 import threading
-import time
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -170,6 +171,23 @@ class RecordedRequest:
     fault: FaultKind | None = None
 
 
+class _TrackingServer(web.Server):
+    """aiohttp's low-level server, reporting every connection's transport when made."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        on_connection: Callable[[asyncio.Transport], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._on_connection = on_connection
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._on_connection(transport)
+
+
 class FakeUpstream:
     """A real HTTP server on ``127.0.0.1:<random port>`` serving files from ``root``.
 
@@ -179,6 +197,8 @@ class FakeUpstream:
     * ``requests``: every request, in arrival order (appended under a lock from the
       server thread; read it freely from the test);
     * ``faults``: ``{path: Fault}``; add or remove entries at any time, even while running.
+      Keys are decoded URL paths without the query, as in ``RecordedRequest.path``
+      (``"/dists/stable/InRelease"``); absolute-form (proxy) requests match by path too.
     """
 
     def __init__(self, root: Path) -> None:
@@ -190,8 +210,12 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: _TrackingServer | None = None
+        self._listener: asyncio.Server | None = None
         self._stopping: asyncio.Event | None = None
+        # Every accepted connection, so stop() can abort those still open (weak: closed
+        # transports go away on their own).
+        self._transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -199,7 +223,9 @@ class FakeUpstream:
         """Bind 127.0.0.1:0 and return once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError("FakeUpstream already started")
-        loop = asyncio.new_event_loop()
+        # Explicitly the selector loop (not a policy's uvloop): _astop relies on its accept
+        # and close semantics.
+        loop = asyncio.SelectorEventLoop()
         thread = threading.Thread(
             target=self._run_loop, args=(loop,), name=f"FakeUpstream({self.root})", daemon=True
         )
@@ -207,7 +233,6 @@ class FakeUpstream:
         self._loop, self._thread = loop, thread
         try:
             asyncio.run_coroutine_threadsafe(self._astart(), loop).result(timeout=30)
-            self._wait_accepting()
         except BaseException:
             self.stop()
             raise
@@ -245,44 +270,56 @@ class FakeUpstream:
 
     async def _astart(self) -> None:
         self._stopping = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # shutdown_timeout bounds how long stop() waits for in-flight handlers before
-        # cancelling them; hang and slow faults also watch _stopping and end at once.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(runner.addresses[0][1])
+        # aiohttp's low-level server (no router: one handler sees every path), behind a
+        # plain asyncio server, so that every accepted connection is tracked (see _astop).
+        self._server = _TrackingServer(self._handle, self._transports.add, access_log=None)
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._server, "127.0.0.1", 0
+        )
+        # create_server() returns after listen() and with the accept reader registered:
+        # from here on connections queue in the backlog and are served, no polling needed.
+        assert self._listener.is_serving()
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def _wait_accepting(self) -> None:
-        # site.start() has called listen(), so this succeeds at once; poll anyway (bounded,
-        # no sleeps: connect() itself blocks) so start() guarantees a reachable server.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-
     async def _astop(self) -> None:
+        """Tear down without leaking a socket, even for connections accepted mid-stop.
+
+        No graceful shutdown: a fake upstream that is stopped mid-answer should look like
+        one that died. Every connection is aborted, every task cancelled.
+        """
+        loop = asyncio.get_running_loop()
         if self._stopping is not None:
-            self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            self._stopping.set()  # hang and slow faults end now
+        if self._listener is not None:
+            # Stop accepting, but do not close the listener yet: an accept already under
+            # way fails if the asyncio.Server is closed first (Server._attach() asserts it
+            # is open) and leaks its socket. Two turns of the loop (the ready queue is
+            # FIFO) let those accepts create their transport and connection_made() track
+            # it; only then is the listener closed.
+            for sock in self._listener.sockets:
+                loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            self._listener.close()
+        # Abort every connection ever accepted. (aiohttp's own graceful shutdown only
+        # close()s them: a transport with unsent data, e.g. a truncated body the client
+        # never read, stays open; and it waits out its timeout for a connection whose
+        # handler task has not started yet.) The sockets are really closed in loop
+        # callbacks queued by abort(), which run during the next yield.
+        for transport in list(self._transports):
+            transport.abort()
+        await asyncio.sleep(0)
         # Nothing may stay pending when the loop closes ("Task was destroyed" warnings).
         current = asyncio.current_task()
         pending = [t for t in asyncio.all_tasks() if t is not current]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            await self._listener.wait_closed()
         await loop.shutdown_asyncgens()
+        self._listener = self._server = None
 
     # -- request log -------------------------------------------------------------------
 
@@ -332,7 +369,7 @@ class FakeUpstream:
 
     # -- serving -----------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         fault = self._take_fault(path, {FaultKind.STATUS, FaultKind.HANG})
         if fault is not None and fault.kind is FaultKind.HANG:
@@ -350,7 +387,11 @@ class FakeUpstream:
             self._record(request, target, None)
             return web.Response(status=target, text=f"{target}\n")
 
-        st = target.stat()
+        try:
+            st = target.stat()
+        except OSError:  # removed since _resolve()
+            self._record(request, 404, None)
+            return web.Response(status=404, text="404\n")
         size = st.st_size
         # Strong validator: changes whenever the file is rewritten or replaced.
         digest = hashlib.sha256(f"{size}-{st.st_mtime_ns}-{st.st_ino}".encode()).hexdigest()
@@ -413,7 +454,7 @@ class FakeUpstream:
 
     async def _send_body(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         resp: web.StreamResponse,
         target: Path,
         start: int,
@@ -455,7 +496,7 @@ class FakeUpstream:
             return False
         return True
 
-    async def _hang(self, request: web.Request) -> web.StreamResponse:
+    async def _hang(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._stopping is not None
         await self._stopping.wait()
         # Stopping: drop the connection without an answer. The response below is never
@@ -486,7 +527,7 @@ def _etag_list(value: str) -> list[str]:
     return [tag.strip() for tag in value.split(",") if tag.strip()]
 
 
-def _not_modified(request: web.Request, etag: str, mtime: int) -> bool:
+def _not_modified(request: web.BaseRequest, etag: str, mtime: int) -> bool:
     """RFC 9110 13.2.2: If-None-Match (weak comparison) first, else If-Modified-Since."""
     inm = request.headers.get("If-None-Match")
     if inm is not None:
@@ -499,7 +540,7 @@ def _not_modified(request: web.Request, etag: str, mtime: int) -> bool:
     return False
 
 
-def _if_range_ok(request: web.Request, etag: str, last_modified: str) -> bool:
+def _if_range_ok(request: web.BaseRequest, etag: str, last_modified: str) -> bool:
     """If-Range: honour the Range only when the validator still matches (strong)."""
     if_range = request.headers.get("If-Range")
     if if_range is None:
@@ -526,11 +567,11 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
                 return "unsatisfiable"
             return max(0, size - suffix), size - 1
         first = int(first_s)
-        last = int(last_s) if last_s else size - 1
+        last = int(last_s) if last_s else None
     except ValueError:
         return None
-    if first < 0 or last < first:
-        return None
+    if first < 0 or (last is not None and last < first):
+        return None  # syntactically invalid: ignored (RFC 9110 14.2)
     if first >= size:
         return "unsatisfiable"
-    return first, min(last, size - 1)
+    return first, size - 1 if last is None else min(last, size - 1)

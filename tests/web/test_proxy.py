@@ -232,6 +232,8 @@ async def test_quarantined_blob_is_never_served(
     config = load({"files": ("generic", upstream.url)}, admin_token=token)
     client = await client_for(aiohttp_client, config)
     await (await client.get("/files/pool/q.tar.gz")).read()
+    hit = await client.get("/files/pool/q.tar.gz")  # now served from the hot cache
+    assert hit.headers["X-Cachesrv-Status"] == "hit" and await hit.read() == b"q" * 1000
     digest = (await (await client.get("/_cachesrv/api/v1/entries")).json())[0]["digest"]
     q = "/_cachesrv/api/v1/quarantine?digest=" + digest
     assert (await client.post(q)).status == 401
@@ -245,3 +247,33 @@ async def test_quarantined_blob_is_never_served(
     assert m.status == 200
     miss = await client.get("/files/pool/q.tar.gz")
     assert miss.status == 404 and "quarantined" in await miss.text()
+
+
+async def test_hot_cache_sees_changes_made_by_another_process(
+    aiohttp_client: MakeClient, load: Callable[..., Config], upstream: FakeUpstream
+) -> None:
+    body = put(upstream, "pool/h.tar.gz", b"h" * 5000)
+    config = load({"files": ("generic", upstream.url)}, mode="offline")
+    # Record through an online app first.
+    online = await client_for(aiohttp_client, load({"files": ("generic", upstream.url)}))
+    assert await (await online.get("/files/pool/h.tar.gz")).read() == body
+    await online.close()
+    client = await client_for(aiohttp_client, config)
+    for _ in range(2):  # the second answer comes from memory
+        r = await client.get("/files/pool/h.tar.gz")
+        assert r.status == 200 and await r.read() == body
+    # Another process deletes the entry (here: a second connection to the index).
+    from cachesrv.store.index import Index
+
+    other = Index(config.store / "index.sqlite")
+    assert other.delete(f"{upstream.url}/pool/h.tar.gz")
+    other.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    status = 200
+    while status == 200 and asyncio.get_running_loop().time() < deadline:
+        r = await client.get("/files/pool/h.tar.gz")
+        status = r.status
+        await r.read()
+        if status == 200:
+            await asyncio.sleep(0.05)  # polling the server's 1 s index watch, not a start-up
+    assert status == 404

@@ -1,0 +1,346 @@
+"""Reading a bundle without trusting it: every check that `seed verify` and
+`seed import` make.
+
+`open_bundle` makes the checks that need no hashing (metadata, manifest, every
+path, file type and size) and collects every problem rather than stopping at
+the first. `read_object` streams one object's bytes (reassembling pieces in
+order) through blake3 and sha256, so a caller can hash and copy in one read.
+Nothing here writes anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+from ..errors import SeedError
+from ..models import Entry
+from ..progress import progress
+from .bundle import (
+    CHUNK,
+    FANOUT,
+    MANIFEST,
+    MAX_LINE,
+    METADATA,
+    OBJECT_NAME,
+    OBJECTS,
+    Metadata,
+    UnsupportedBundle,
+    object_files,
+    parse_entry,
+    parse_metadata,
+)
+
+
+@dataclass(frozen=True)
+class BundleObject:
+    """One blob the bundle ships: its files (relative paths and sizes) in order."""
+
+    digest: str
+    size: int
+    sha256: str
+    files: tuple[tuple[str, int], ...]
+
+    @property
+    def label(self) -> str:
+        first = self.files[0][0]
+        return first if len(self.files) == 1 else f"{first} (+{len(self.files) - 1} pieces)"
+
+
+@dataclass
+class Bundle:
+    """What `open_bundle` found. `problems` is empty for a bundle that passed."""
+
+    root: Path
+    meta: Metadata | None = None
+    entries: list[Entry] = field(default_factory=list)
+    #: Blobs in the bundle, by digest.
+    shipped: dict[str, BundleObject] = field(default_factory=dict)
+    #: Blobs the entries need that the bundle does not ship (`--missing-from`):
+    #: digest -> (size, sha256). The receiving store must already hold them.
+    assumed: dict[str, tuple[int, str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    #: Shipped objects already reported missing or of the wrong size (not worth hashing).
+    broken: set[str] = field(default_factory=set)
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.size for o in self.shipped.values())
+
+    def reject(self, what: str) -> SeedError:
+        n = len(self.problems)
+        return SeedError(
+            f"{what} {self.root}: {n} problem{'s' if n != 1 else ''}", list(self.problems)
+        )
+
+
+def open_bundle(root: Path) -> Bundle:
+    """Check everything that needs no hashing; collect every problem found."""
+    if not root.is_dir():
+        raise SeedError(f"{root}: not a directory (a seed bundle is a directory)")
+    b = Bundle(root)
+    top = _scan_top(b)
+    if METADATA not in top:
+        b.problems.append(
+            f"{METADATA} is missing: the bundle is incomplete (an interrupted export? "
+            "run the same `cachesrv seed export` into it again to finish it)"
+        )
+    else:
+        try:
+            b.meta = parse_metadata(_read_small(root / METADATA))
+        except UnsupportedBundle as exc:
+            # Nothing else can be interpreted with certainty: say only this.
+            b.problems = [str(exc)]
+            return b
+        except (ValueError, OSError) as exc:
+            b.problems.append(str(exc))
+    if MANIFEST in top:
+        _read_manifest(b)
+    else:
+        b.problems.append(f"{MANIFEST} is missing")
+    if b.meta is not None:
+        _check_counts(b, b.meta)
+    if OBJECTS in top:
+        _check_objects(b)
+    elif b.shipped:
+        b.broken.update(b.shipped)
+        b.problems.append(f"{OBJECTS}/ is missing ({len(b.shipped)} objects expected)")
+    return b
+
+
+def _scan_top(b: Bundle) -> set[str]:
+    """The bundle's own top-level names that are present with the right type.
+
+    Other names are not part of the bundle and are never read (a USB disk may hold
+    other files); but a symlink or device anywhere is refused.
+    """
+    found: set[str] = set()
+    wanted = {METADATA: stat.S_ISREG, MANIFEST: stat.S_ISREG, OBJECTS: stat.S_ISDIR}
+    with os.scandir(b.root) as it:
+        for de in it:
+            mode = de.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                b.problems.append(f"{de.name}: {_kind(mode)}; a bundle holds only plain files")
+            elif de.name in wanted:
+                if wanted[de.name](mode):
+                    found.add(de.name)
+                else:
+                    b.problems.append(f"{de.name}: {_kind(mode)} where a bundle has a file")
+    return found
+
+
+def _read_small(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_LINE + 1)
+    if len(data) > MAX_LINE:
+        raise ValueError(f"{path.name} is larger than {MAX_LINE} bytes")
+    return data
+
+
+def _read_manifest(b: Bundle) -> None:
+    h = blake3.blake3()
+    seen: dict[str, int] = {}
+    objects: dict[str, tuple[int, str, bool, int]] = {}
+    fd = os.open(b.root / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        lineno = 0
+        while raw := f.readline(MAX_LINE + 1):
+            lineno += 1
+            h.update(raw)
+            where = f"{MANIFEST} line {lineno}"
+            if len(raw) > MAX_LINE:
+                b.problems.append(f"{where}: longer than {MAX_LINE} bytes")
+                # Skip the rest of this line without keeping it.
+                while raw and not raw.endswith(b"\n"):
+                    raw = f.readline(MAX_LINE)
+                    h.update(raw)
+                continue
+            if not raw.strip():
+                b.problems.append(f"{where}: empty line")
+                continue
+            try:
+                entry, in_bundle = parse_entry(raw)
+            except ValueError as exc:
+                b.problems.append(f"{where}: {exc}")
+                continue
+            url, d = entry.key.url, entry.digest.hex
+            if url in seen:
+                b.problems.append(f"{where}: key {url} is listed again (first on line {seen[url]})")
+                continue
+            seen[url] = lineno
+            prev = objects.get(d)
+            if prev is None:
+                objects[d] = (entry.size, entry.sha256, in_bundle, lineno)
+            elif prev[:3] != (entry.size, entry.sha256, in_bundle):
+                b.problems.append(
+                    f"{where}: digest {d} has a different size, sha256 or in_bundle "
+                    f"than on line {prev[3]}"
+                )
+                continue
+            b.entries.append(entry)
+    if b.meta is not None and h.hexdigest() != b.meta.manifest_blake3:
+        b.problems.append(
+            f"{MANIFEST} does not match {METADATA} (blake3 {h.hexdigest()}, "
+            f"expected {b.meta.manifest_blake3}): changed or damaged after export"
+        )
+    split = b.meta.split_size if b.meta is not None else None
+    for d, (size, sha256, in_bundle, _) in sorted(objects.items()):
+        if in_bundle:
+            files = tuple(object_files(d, size, split))
+            b.shipped[d] = BundleObject(d, size, sha256, files)
+        else:
+            b.assumed[d] = (size, sha256)
+
+
+def _check_counts(b: Bundle, meta: Metadata) -> None:
+    got = {"entries": len(b.entries), "objects": len(b.shipped), "bytes": b.bytes}
+    for name, value in got.items():
+        want = getattr(meta, name)
+        if want != value:
+            b.problems.append(f"{METADATA} says {want} {name}, {MANIFEST} lists {value}")
+
+
+def _check_objects(b: Bundle) -> None:
+    """Every file under objects/ is expected, plain and of the right size; none is missing."""
+    expected = {rel: size for o in b.shipped.values() for rel, size in o.files}
+    found: dict[str, int] = {}
+    objects = b.root / OBJECTS
+    with os.scandir(objects) as top:
+        for sub in sorted(top, key=lambda de: de.name):
+            mode = sub.stat(follow_symlinks=False).st_mode
+            rel = f"{OBJECTS}/{sub.name}"
+            if not stat.S_ISDIR(mode) or not FANOUT.fullmatch(sub.name):
+                b.problems.append(f"{rel}: unexpected {_kind(mode)} in {OBJECTS}/")
+                continue
+            with os.scandir(sub.path) as it:
+                for de in sorted(it, key=lambda de: de.name):
+                    rel = f"{OBJECTS}/{sub.name}/{de.name}"
+                    st = de.stat(follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        b.problems.append(
+                            f"{rel}: {_kind(st.st_mode)}; a bundle holds only plain files"
+                        )
+                    elif rel not in expected:
+                        m = OBJECT_NAME.fullmatch(de.name)
+                        why = "not in the manifest" if m else "not an object name"
+                        b.problems.append(f"{rel}: unexpected file ({why})")
+                    else:
+                        found[rel] = st.st_size
+    if b.meta is None:
+        # Without the metadata the layout (split size) is unknown and the export
+        # was interrupted anyway: the missing metadata file is the problem to fix.
+        return
+    for o in b.shipped.values():
+        for rel, size in o.files:
+            if rel not in found:
+                b.broken.add(o.digest)
+                b.problems.append(f"{rel}: missing (object {o.digest} of the manifest)")
+            elif found[rel] != size:
+                b.broken.add(o.digest)
+                b.problems.append(
+                    f"{rel}: {found[rel]} bytes, the manifest needs {size}"
+                    + (" (truncated)" if found[rel] < size else "")
+                )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a file"
+    return "a special file (device, fifo or socket)"
+
+
+# -- content ----------------------------------------------------------------------
+
+
+def read_object(
+    b: Bundle,
+    o: BundleObject,
+    sink: Callable[[bytes], object] | None = None,
+    tick: Callable[[int], None] | None = None,
+) -> str | None:
+    """Stream an object's bytes (pieces in order) through blake3 and sha256 into
+    `sink`. Returns a problem, or None when size, digest and sha256 all match.
+    An error reading the bundle is a problem; an error raised by `sink` propagates."""
+    b3 = blake3.blake3()
+    s256 = hashlib.sha256()
+    for rel, size in o.files:
+        try:
+            # O_NOFOLLOW: the tree was checked; refuse a file swapped for a symlink since.
+            fd = os.open(b.root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            return f"{rel}: cannot open: {exc.strerror}"
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return f"{rel}: not a plain file"
+            left = size
+            while left:
+                try:
+                    chunk = f.read(min(CHUNK, left))
+                except OSError as exc:
+                    return f"{rel}: cannot read: {exc.strerror}"
+                if not chunk:
+                    return f"{rel}: shorter than {size} bytes (truncated)"
+                left -= len(chunk)
+                b3.update(chunk)
+                s256.update(chunk)
+                if sink is not None:
+                    sink(chunk)
+                if tick is not None:
+                    tick(len(chunk))
+            if f.read(1):
+                return f"{rel}: longer than {size} bytes"
+    if b3.hexdigest() != o.digest:
+        return (
+            f"{o.label}: content does not match its digest (blake3 {b3.hexdigest()}): "
+            "damaged on the way or tampered with"
+        )
+    if s256.hexdigest() != o.sha256:
+        return f"{MANIFEST}: sha256 of {o.digest} is wrong (the object's is {s256.hexdigest()})"
+    return None
+
+
+@dataclass
+class VerifyReport:
+    bundle: Bundle
+    seconds: float
+
+    def summary(self) -> str:
+        b, meta = self.bundle, self.bundle.meta
+        assert meta is not None
+        rate = b.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        assumed = f", {len(b.assumed)} blobs expected at the receiving store" if b.assumed else ""
+        return (
+            f"seed verify: OK: {len(b.entries)} entries, {len(b.shipped)} objects, "
+            f"{b.bytes} bytes{assumed}; exported {meta.created} on {meta.source_host or '?'}; "
+            f"{rate:.1f} MB/s"
+        )
+
+
+def verify_bundle(root: Path) -> VerifyReport:
+    """Every check of `seed import`, on the bundle alone; raises SeedError listing
+    every problem. (Conflicts with a given store: `seed import --dry-run`.)"""
+    start = time.monotonic()
+    b = open_bundle(root)
+    if b.meta is not None:
+        with progress("seed verify", b.bytes, unit_bytes=True) as tick:
+            for o in b.shipped.values():
+                if o.digest in b.broken:
+                    continue
+                problem = read_object(b, o, tick=tick)
+                if problem:
+                    b.problems.append(problem)
+    if b.problems:
+        raise b.reject("bad seed bundle")
+    return VerifyReport(b, time.monotonic() - start)
