@@ -113,14 +113,14 @@ def serve(
     ignores --listen.
     """
     from .web.accesslog import setup_logging
-    from .web.serve import run_server
+    from .web.serve import serve as run_serve
 
     if log_format not in (None, "text", "json"):
         raise ConfigError(f"--log-format must be text or json, not {log_format!r}")
     cfg = _config(config, store).with_overrides(listen=listen, mode=mode)
     fmt = log_format or cfg.server.log_format
     setup_logging(fmt)
-    _run(run_server(cfg, strict=strict, log_format=fmt))
+    run_serve(cfg, workers=workers, strict=strict, log_format=fmt)
 
 
 # -- misses, stats, fsck, prefetch -----------------------------------------
@@ -218,6 +218,66 @@ def prefetch(
     typer.echo(report.summary())
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def wrap(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The build command and its arguments (after --).")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="A running server (default: $CACHESRV_URL, else a private one)."),
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Serve only what the store holds.")
+    ] = False,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate", help="With --offline: no network for the build but loopback and the cache."
+        ),
+    ] = False,
+    seed: Annotated[
+        str | None, typer.Option(help="Record every request in this seed (the build's manifest).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="With --offline --seed: serve only that seed.")
+    ] = False,
+    print_env: Annotated[
+        bool, typer.Option("--print-env", help="Print the environment as shell lines and exit.")
+    ] = False,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run a build with apt, pip, uv, snap tooling and plain HTTP going through the cache.
+
+    Without --server (or $CACHESRV_URL) a private server runs over the store for the
+    life of the command. The command's exit status is this command's; a summary line
+    (hits, newly recorded, offline misses, seed) goes to stderr. See docs/build-wrapper.md.
+    """
+    from .wrap import WrapOptions, run_wrap
+    from .wrap import print_env as render_env
+
+    store_args: list[str] = []
+    if config is not None:
+        store_args += ["--config", str(config)]
+    if store is not None:
+        store_args += ["--store", str(store)]
+    opts = WrapOptions(
+        command=tuple(command or ()),
+        server=server,
+        offline=offline,
+        isolate=isolate,
+        seed=seed,
+        strict=strict,
+        store_args=tuple(store_args),
+    )
+    cfg = _config(config, store)
+    if print_env:
+        typer.echo(render_env(cfg, opts), nl=False)
+        return
+    raise typer.Exit(run_wrap(cfg, opts))
 
 
 def _open_store(config: Path | None, store: Path | None) -> Any:

@@ -139,3 +139,7 @@ class SeedError(CachesrvError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class WrapError(CachesrvError):
+    """`cachesrv wrap` cannot run the build as asked (server, namespace, command)."""

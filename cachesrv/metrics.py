@@ -92,15 +92,30 @@ class Metrics:
             "cachesrv_misses_logged", "Offline misses in the store's miss log", registry=r
         )
         self.offline = Gauge("cachesrv_offline", "1 when the server is in offline mode", registry=r)
+        self._request_children: dict[tuple[Outcome, str], Any] = {}
+        self._served_children: dict[str, Any] = {}
+        self._duration_children: dict[Outcome, Any] = {}
 
     def count(self, outcome: Outcome, upstream: str = "") -> None:
-        self.requests.labels(outcome.value, upstream).inc()
+        key = (outcome, upstream)
+        child = self._request_children.get(key)
+        if child is None:  # labels() costs a lock and a lookup: once per label pair
+            child = self._request_children[key] = self.requests.labels(outcome.value, upstream)
+        child.inc()
 
     def served(self, outcome: Outcome, upstream: str, nbytes: int, seconds: float) -> None:
         """One proxy response went out (called by the access logger)."""
         if nbytes:
-            self.bytes_served.labels(upstream).inc(nbytes)
-        self.request_duration.labels(outcome.value).observe(seconds)
+            served = self._served_children.get(upstream)
+            if served is None:
+                served = self._served_children[upstream] = self.bytes_served.labels(upstream)
+            served.inc(nbytes)
+        duration = self._duration_children.get(outcome)
+        if duration is None:
+            duration = self._duration_children[outcome] = self.request_duration.labels(
+                outcome.value
+            )
+        duration.observe(seconds)
 
     def update_store(self, stats: Mapping[str, Any], *, offline: bool) -> None:
         """Refresh the store gauges from `Index.stats()` (at scrape time)."""

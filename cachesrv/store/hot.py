@@ -14,9 +14,12 @@ or within a second.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..models import Entry
@@ -37,6 +40,15 @@ class HotItem:
         """Exactly what aiohttp's FileResponse sends for the same file, so a client's
         conditional request matches whichever path answered it."""
         return f"{self.mtime_ns:x}-{self.entry.size:x}"
+
+    @cached_property
+    def validators(self) -> tuple[str, str]:
+        """The ETag and Last-Modified header values, formatted once (as aiohttp does:
+        Last-Modified is the mtime rounded up to the second)."""
+        last_modified = time.strftime(
+            "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(math.ceil(self.mtime))
+        )
+        return f'"{self.etag}"', last_modified
 
 
 class HotCache:

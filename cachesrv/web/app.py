@@ -12,7 +12,7 @@ from aiohttp import web
 from ..config import Config
 from ..store import Store
 from . import api
-from .keys import CONFIG, STATE, STRICT
+from .keys import CLEAN_TMP, CONFIG, STATE, STRICT
 from .middleware import errors_middleware
 from .proxy import proxy
 from .state import ServerState
@@ -20,7 +20,7 @@ from .state import ServerState
 log = logging.getLogger("cachesrv.web")
 
 
-def make_app(config: Config, *, strict: bool = False) -> web.Application:
+def make_app(config: Config, *, strict: bool = False, clean_tmp: bool = True) -> web.Application:
     """Build the server for `config`. Nothing is opened until the app starts.
 
     `strict` (offline only) serves a `/@seed/` request only from that seed's entries.
@@ -28,6 +28,7 @@ def make_app(config: Config, *, strict: bool = False) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[CONFIG] = config
     app[STRICT] = strict
+    app[CLEAN_TMP] = clean_tmp
     app.cleanup_ctx.append(_state_ctx)
     api.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", proxy)
@@ -37,7 +38,9 @@ def make_app(config: Config, *, strict: bool = False) -> web.Application:
 async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = Store(config.store)
-    removed = store.blobs.clean_tmp()
+    # With several workers, only the parent may clean tmp/: a worker would delete
+    # another worker's write in progress.
+    removed = store.blobs.clean_tmp() if app[CLEAN_TMP] else 0
     if removed:
         log.info("removed %d temp files left by an interrupted write", removed)
     state = ServerState.wire(config, store, strict=app[STRICT])

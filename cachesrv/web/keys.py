@@ -10,3 +10,4 @@ from .state import ServerState
 CONFIG = web.AppKey("config", Config)
 STATE = web.AppKey("state", ServerState)
 STRICT = web.AppKey("strict", bool)
+CLEAN_TMP = web.AppKey("clean_tmp", bool)

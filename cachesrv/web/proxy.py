@@ -8,12 +8,14 @@ from ..errors import CachesrvError, MethodNotAllowed
 from ..source import Generated, Outcome, Request, Stored, Streaming
 from .keys import STATE
 from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM
+from .target import request_target
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    # raw_path is the request target as sent: a path, or a whole URL in absolute form.
-    route = state.router.resolve(request.raw_path)
+    # raw_path is the request target as sent: a path, or a whole URL in absolute form
+    # (made origin-form when it names this server; seed from proxy credentials: target.py).
+    route = state.router.resolve(request_target(request))
     body = None
     if request.method == hdrs.METH_POST and route.upstream.kind == "snap":
         # The snap store API answers refresh actions to POSTs (see snapstore.py).
@@ -71,18 +73,18 @@ def serve_from_memory(answer: Stored) -> web.Response:
     conditional and Range requests take the FileResponse path."""
     hot = answer.hot
     assert hot is not None and hot.body is not None
-    resp = web.Response(
+    etag, last_modified = hot.validators
+    return web.Response(
         body=hot.body,
         headers={
             hdrs.CONTENT_TYPE: hot.entry.content_type,
+            hdrs.ETAG: etag,
+            hdrs.LAST_MODIFIED: last_modified,
             hdrs.ACCEPT_RANGES: "bytes",
             MISS_STATUS_HEADER: answer.outcome.value,
             "X-Cachesrv-Digest": hot.entry.digest.hex,
         },
     )
-    resp.etag = hot.etag
-    resp.last_modified = hot.mtime
-    return resp
 
 
 def serve_stored(answer: Stored) -> web.FileResponse:

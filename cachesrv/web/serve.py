@@ -10,17 +10,21 @@ Readiness and shutdown are reported with sd_notify(3) when `NOTIFY_SOCKET` is se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from ..config import Config, split_listen
 from ..errors import ConfigError
-from .accesslog import log_line, server_options
+from ..store.blobs import BlobStore
+from .accesslog import SINK, log_line, server_options
 from .app import make_app
 
 log = logging.getLogger("cachesrv.serve")
@@ -36,6 +40,7 @@ async def run_server(
     sock: socket.socket | None = None,
     announce: bool = True,
     log_format: str | None = None,
+    clean_tmp: bool = True,
 ) -> None:
     """Serve `config` until a termination signal.
 
@@ -47,8 +52,8 @@ async def run_server(
     fmt = log_format or config.server.log_format
     if sock is None:
         sock = inherited_socket()
-    app = make_app(config, strict=strict)
-    runner = web.AppRunner(app, handle_signals=False, **server_options())
+    app = make_app(config, strict=strict, clean_tmp=clean_tmp)
+    runner = web.AppRunner(app, handle_signals=False, **server_options(fmt))
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,12 +75,119 @@ async def run_server(
             )
             print(log_line(message, fmt), file=sys.stderr, flush=True)
         sd_notify(f"READY=1\nSTATUS=serving {url} ({config.server.mode.value})")
+        flusher = asyncio.create_task(_flush_logs())
         await stop.wait()
+        flusher.cancel()
+        SINK.flush()
         sd_notify("STOPPING=1")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+async def _flush_logs(every: float = 0.5) -> None:
+    """Access lines are buffered (accesslog.AccessSink): flush them even when the
+    server goes quiet."""
+    while True:
+        await asyncio.sleep(every)
+        SINK.flush()
+
+
+def serve(config: Config, *, workers: int = 1, strict: bool = False, log_format: str) -> None:
+    """Run the server in this process, or in `workers` forked processes sharing one
+    listening socket (the kernel hands each connection to one of them).
+
+    The socket is bound (or taken from systemd) before forking, so a port of 0
+    resolves once and socket activation works for every worker. Each worker opens
+    its own index connection after the fork (SQLite must not cross a fork). Single
+    flight holds within a worker; two workers may fetch the same cold URL once each.
+    """
+    if workers <= 1:
+        run(run_server(config, strict=strict, log_format=log_format))
+        return
+    sock = inherited_socket()
+    how = " (socket from systemd)" if sock is not None else ""
+    if sock is None:
+        host, port = split_listen(config.server.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {config.server.listen}: {exc.strerror}") from None
+        sock.listen(1024)
+    sock.setblocking(False)
+    BlobStore(config.store).clean_tmp()
+    host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until SIGTERM, never return into the CLI
+            os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd
+            code = 0
+            try:
+                run(
+                    run_server(
+                        config,
+                        strict=strict,
+                        sock=sock,
+                        announce=False,
+                        log_format=log_format,
+                        clean_tmp=False,
+                    )
+                )
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                SINK.flush()  # os._exit skips atexit
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    message = (
+        f"cachesrv: serving {url} ({config.server.mode.value}, store {config.store}, "
+        f"{workers} workers){how}"
+    )
+    print(log_line(message, log_format), file=sys.stderr, flush=True)
+    _supervise(children)
+
+
+def _supervise(children: list[int]) -> None:
+    """Forward SIGTERM/SIGINT to the workers and wait for all of them."""
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    sd_notify("READY=1")
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, _status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        if remaining:  # one worker died: stop the others rather than serve degraded
+            forward(signal.SIGTERM, None)
+    sd_notify("STOPPING=1")
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run the server's event loop: uvloop when installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 def inherited_socket() -> socket.socket | None:

@@ -33,8 +33,10 @@ apt-ftparchive quirks handled here:
   ``Acquire-By-Hash: yes``. We still check that the by-hash files exist afterwards.
 * ``release`` hashes every ``Release``/``InRelease`` it finds under the directory, so the
   old ones are deleted first and the new Release is written outside ``dists/`` then moved.
-* ``generate`` puts ``Architecture: all`` packages only into ``binary-all``; with ``all`` in
-  the Release's ``Architectures`` apt fetches both ``binary-all`` and ``binary-<native>``.
+* ``generate`` puts ``Architecture: all`` packages only into ``binary-all``, so
+  ``binary-amd64/Packages`` is empty. apt wants the native architecture listed, but it never
+  requests an index whose uncompressed size in the Release is 0: ``apt-get update``
+  fetches ``InRelease`` and ``binary-all/by-hash/SHA256/<hex>`` only.
 * ``add_packages`` re-publishing within the same second would be invisible to
   ``If-Modified-Since`` (1 s resolution): the new index files get a later mtime.
 * SHA512 is disabled (Debian publishes MD5Sum + SHA256 only), so apt's strongest hash is
@@ -88,6 +90,7 @@ class AptPackage:
 
     @property
     def filename(self) -> str:
+        """The pool file name, ``name_<version without epoch>_all.deb``."""
         return f"{self.name}_{self.upstream_version}_all.deb"
 
 
