@@ -315,12 +315,6 @@ class OnlineSource:
             url = str(target)
         raise UpstreamError(route.upstream.name, route.url, "too many redirects")
 
-    async def prefetch(self, route: Route) -> tuple[Entry, Outcome]:
-        """Fetch one URL into the store as a client would (used by `cachesrv prefetch`)."""
-        answer = await self.open(Request(route=route, needs_complete=True))
-        assert isinstance(answer, Stored)
-        return answer.entry, answer.outcome
-
     async def close(self) -> None:
         for flight in list(self.flights.values()):
             flight.task.cancel()

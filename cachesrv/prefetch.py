@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .errors import CachesrvError
-from .fetch import OnlineSource, make_session
+from .fetch import make_session
 from .metrics import Metrics
 from .progress import progress
-from .source import Outcome
+from .source import Outcome, Request, Stored
+from .sources import online_source
 from .store import Store
 from .upstreams.router import Router
 
@@ -39,7 +40,7 @@ async def prefetch(
     s = config.server
     try:
         async with make_session(s.connect_timeout, s.read_timeout) as session:
-            source = OnlineSource(store, session, Metrics())
+            source = online_source(store, session, Metrics())
             limit = asyncio.Semaphore(concurrency)
             with progress("prefetch", len(urls)) as tick:
 
@@ -47,13 +48,14 @@ async def prefetch(
                     async with limit:
                         try:
                             route = router.resolve(_as_target(url, seed))
-                            entry, outcome = await source.prefetch(route)
+                            answer = await source.open(Request(route=route, needs_complete=True))
                         except CachesrvError as exc:
                             report.failed.append((url, str(exc)))
                         else:
-                            done = report.present if outcome is Outcome.HIT else report.new
-                            done.append(route.url)
-                            report.bytes += entry.size
+                            hit = answer.outcome is Outcome.HIT
+                            (report.present if hit else report.new).append(route.url)
+                            if isinstance(answer, Stored):
+                                report.bytes += answer.entry.size
                         tick()
 
                 await asyncio.gather(*(one(u) for u in urls))

@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ..config import Config
-from ..fetch import OnlineSource, make_session
+from ..fetch import make_session
 from ..metrics import Metrics
 from ..models import Mode
-from ..offline import OfflineSource
-from ..simple_index import SimpleIndex
-from ..snapstore import SnapStore
 from ..source import Source
+from ..sources import offline_source, online_source
 from ..store import Store
 from ..upstreams.router import Router
 
@@ -50,13 +48,7 @@ class ServerState:
             router=Router(config.upstreams, config.server.max_url_length),
             metrics=Metrics(),
             mode=config.server.mode,
-            offline=SnapStore(
-                SimpleIndex(
-                    OfflineSource(store, strict=strict), store, offline=True, strict=strict
-                ),
-                store,
-                offline=True,
-            ),
+            offline=offline_source(store, strict=strict),
         )
         state.set_mode(config.server.mode)
         return state
@@ -66,14 +58,7 @@ class ServerState:
         if mode is Mode.ONLINE and self.online is None:
             s = self.config.server
             self.session = make_session(s.connect_timeout, s.read_timeout)
-            online = OnlineSource(self.store, self.session, self.metrics)
-            self.online = SnapStore(
-                SimpleIndex(online, self.store, offline=False),
-                self.store,
-                offline=False,
-                session=self.session,
-                metrics=self.metrics,
-            )
+            self.online = online_source(self.store, self.session, self.metrics)
         self.mode = mode
 
     async def close(self) -> None:

@@ -1,0 +1,34 @@
+"""The source chains, wired in one place for the server and the command line.
+
+Both chains are the base source (online: fetch and record; offline: lookups only)
+wrapped by the kind-specific decorators: `SimpleIndex` for pypi index pages and
+`SnapStore` for the snap store API. Requests of other kinds pass straight through.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from .fetch import OnlineSource
+from .metrics import Metrics
+from .offline import OfflineSource
+from .simple_index import SimpleIndex
+from .snapstore import SnapStore
+from .source import Source
+from .store import Store
+
+
+def online_source(store: Store, session: aiohttp.ClientSession, metrics: Metrics) -> Source:
+    base = OnlineSource(store, session, metrics)
+    return SnapStore(
+        SimpleIndex(base, store, offline=False),
+        store,
+        offline=False,
+        session=session,
+        metrics=metrics,
+    )
+
+
+def offline_source(store: Store, *, strict: bool) -> Source:
+    base = OfflineSource(store, strict=strict)
+    return SnapStore(SimpleIndex(base, store, offline=True, strict=strict), store, offline=True)
