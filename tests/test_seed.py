@@ -222,6 +222,27 @@ def test_objects_already_in_the_store_are_not_copied_again(
     assert b.index.entries() == a.index.entries()
 
 
+def test_import_resumes_from_staged_blobs_but_rechecks_them(
+    tmp_path: Path, stores: Callable[[str], Store]
+) -> None:
+    """An interrupted import leaves verified blobs staged in tmp/ (seed-<digest>);
+    the next one reuses them after re-hashing, and re-copies a staged file that
+    does not hash right."""
+    a, b = stores("A"), stores("B")
+    good = record(a, "http://files.example/good.tar.gz", os.urandom(10_000))
+    spoiled = record(a, "http://files.example/spoiled.tar.gz", os.urandom(10_000))
+    bundle = tmp_path / "bundle"
+    export_bundle(a, bundle, ExportOptions())
+    (b.blobs.tmp / f"seed-{good.digest}").write_bytes(a.blobs.path(good.digest).read_bytes())
+    (b.blobs.tmp / f"seed-{spoiled.digest}").write_bytes(os.urandom(10_000))
+    # The bundle's copy of `good` is damaged: a reused staged blob is not read again.
+    _flip_byte(bundle, bundle / "objects" / good.digest.fanout / good.digest.hex)
+    report = import_bundle(b, bundle)
+    assert report.objects == 2
+    assert b.blobs.verify(good.digest) and b.blobs.verify(spoiled.digest)
+    assert list(b.blobs.tmp.iterdir()) == []
+
+
 # -- delta ---------------------------------------------------------------------------
 
 
@@ -502,6 +523,17 @@ def _manifest_edited(bundle: Path, victim: Path) -> None:
     manifest.write_text("\n".join(lines) + "\n")
 
 
+def _absurd_size(bundle: Path, victim: Path) -> None:
+    # 10^18 bytes in 64 KiB pieces: checking must not enumerate 1.5 * 10^13 names.
+    def edit(lines: list[dict[str, object]]) -> None:
+        for line in lines:
+            if line["digest"] == victim.name:
+                line["size"] = 10**18
+
+    rewrite_manifest(bundle, edit)
+    edit_metadata(bundle, split_size=65536)
+
+
 def _header_injection(bundle: Path, victim: Path) -> None:
     def edit(lines: list[dict[str, object]]) -> None:
         lines[0]["content_type"] = "text/html\r\nSet-Cookie: x=y"
@@ -525,6 +557,7 @@ HOSTILE = {
     "metadata missing (interrupted export)": (_no_metadata, "cachesrv-seed.json is missing"),
     "manifest changed after export": (_manifest_edited, "manifest.jsonl does not match"),
     "header injection in manifest": (_header_injection, "content_type"),
+    "absurd size in manifest": (_absurd_size, "of 15258789062500 pieces of object"),
 }
 
 

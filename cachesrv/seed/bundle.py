@@ -24,6 +24,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,13 +81,31 @@ def parse_size(text: str) -> int:
     return int(float(number) * base**power)
 
 
-def object_files(digest: str, size: int, split: int | None) -> list[tuple[str, int]]:
-    """The files holding one object, in order: (path relative to the bundle, size)."""
+def piece_count(size: int, split: int | None) -> int:
+    """How many `.partNNN` pieces hold an object; 0 when it is one whole file."""
+    return 0 if split is None or size <= split else math.ceil(size / split)
+
+
+def piece_name(digest: str, index: int | None) -> str:
+    """An object file's path relative to the bundle (`index` None: the whole file)."""
     base = f"{OBJECTS}/{digest[:2]}/{digest}"
-    if split is None or size <= split:
-        return [(base, size)]
-    count = math.ceil(size / split)
-    return [(f"{base}.part{i:03d}", min(split, size - i * split)) for i in range(count)]
+    return base if index is None else f"{base}.part{index:03d}"
+
+
+def iter_object_files(digest: str, size: int, split: int | None) -> Iterator[tuple[str, int]]:
+    """The files holding one object, in order: (path relative to the bundle, size).
+    A generator: a hostile manifest may claim any size."""
+    count = piece_count(size, split)
+    if count == 0:
+        yield piece_name(digest, None), size
+        return
+    assert split is not None
+    for i in range(count):
+        yield piece_name(digest, i), min(split, size - i * split)
+
+
+def object_files(digest: str, size: int, split: int | None) -> list[tuple[str, int]]:
+    return list(iter_object_files(digest, size, split))
 
 
 def now_iso() -> str:

@@ -99,7 +99,7 @@ class ExportReport:
         return (
             f"seed export: {self.entries} entries, {self.objects} objects "
             f"({human_bytes(self.bytes)}) -> {self.dest} [{done}]; {speed}"
-            + (f"; {len(self.skipped)} entries skipped" if self.skipped else "")
+            + (f"; {len(self.skipped)} skipped (listed above)" if self.skipped else "")
         )
 
 
@@ -232,7 +232,7 @@ def export_bundle(store: Store, dest: Path, opts: ExportOptions) -> ExportReport
     except OSError as exc:
         hint = " (a FAT32 disk holds files up to 4 GiB - 1: use --split-size fat32)"
         raise SeedError(
-            f"writing {exc.filename or dest}: {exc.strerror}"
+            f"export stopped: {exc.filename or dest}: {exc.strerror}"
             + (hint if exc.errno == errno.EFBIG else "")
             + "; the bundle is incomplete: fix this and run the same export again to resume"
         ) from None
@@ -244,7 +244,7 @@ def export_bundle(store: Store, dest: Path, opts: ExportOptions) -> ExportReport
 def _prepare(dest: Path) -> dict[str, int]:
     """Make `dest` a bundle being written: empty, or an earlier (maybe partial)
     bundle of ours. Returns the object files already there: path -> size."""
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+    if dest.exists() and not dest.is_dir():
         raise SeedError(f"{dest}: not a directory")
     dest.mkdir(parents=True, exist_ok=True)
     ours = {METADATA, MANIFEST, OBJECTS}

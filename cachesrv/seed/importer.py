@@ -9,9 +9,10 @@ staged blobs renamed into `objects/` and the index rows written. A bad bundle
 therefore leaves the store exactly as it was, and lists every problem.
 
 Resumable and idempotent: blobs the store already has are neither read nor
-copied; verified blobs staged by an interrupted import are reused (start-up of
-`cachesrv serve` clears `tmp/`, which only costs the re-read); a second import
-of the same bundle finds nothing to do.
+copied; blobs staged by an interrupted import are re-hashed from the local disk
+and reused rather than read from the USB disk again (start-up of `cachesrv
+serve` clears `tmp/`, which only costs the re-read); a second import of the
+same bundle finds nothing to do.
 
 Merging rules, per key:
 - absent from the store: added;
@@ -35,11 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import blake3
+
 from ..errors import SeedError
 from ..models import ArtifactKind, Digest, Entry
 from ..progress import progress
 from ..store import Store
-from .bundle import CHUNK, SyncQueue, human_bytes, rate
+from .bundle import CHUNK, HEX64, SyncQueue, human_bytes, rate
 from .reader import Bundle, BundleObject, open_bundle, read_object
 
 STAGED_PREFIX = "seed-"
@@ -115,6 +118,9 @@ def import_bundle(store: Store, src: Path, *, dry_run: bool = False) -> ImportRe
     check_only = dry_run or bool(b.problems or conflicts)
     staged: list[tuple[Path, Digest]] = []
     total = sum(o.size for o in plan.fetch)
+    # Blobs an interrupted import verified and staged (each renamed after its fsync).
+    with os.scandir(store.blobs.tmp) as it:
+        ready = {de.name for de in it if HEX64.fullmatch(de.name.removeprefix(STAGED_PREFIX))}
     try:
         with progress("seed import", total, unit_bytes=True) as tick, SyncQueue() as syncq:
             for o in plan.fetch:
@@ -123,13 +129,14 @@ def import_bundle(store: Store, src: Path, *, dry_run: bool = False) -> ImportRe
                     continue
                 if check_only:
                     problem = read_object(b, o, tick=tick)
-                elif _size(final) == o.size:
-                    problem = None  # verified and staged by an interrupted import
+                elif final.name in ready and _is_blob(final, o):
+                    problem = None  # staged by an interrupted import; re-checked locally
                     tick(o.size)
                 else:
                     problem = _stage(b, o, final, tick, syncq)
                 if problem:
                     b.problems.append(problem)
+                    check_only = True  # nothing will be imported now; only list problems
                 elif not check_only:
                     staged.append((final, Digest(o.digest)))
             syncq.wait()
@@ -234,11 +241,14 @@ def _check_known(store: Store, e: Entry, problems: list[str]) -> None:
         problems.append(f"manifest: sha256 of {e.digest} is wrong (the store's blob: {sha256})")
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None
+def _is_blob(path: Path, o: BundleObject) -> bool:
+    h = blake3.blake3()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size == o.size and h.hexdigest() == o.digest
 
 
 def _sha256(path: Path) -> str:

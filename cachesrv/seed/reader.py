@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,25 +33,44 @@ from .bundle import (
     OBJECTS,
     Metadata,
     UnsupportedBundle,
-    object_files,
+    iter_object_files,
     parse_entry,
     parse_metadata,
+    piece_count,
+    piece_name,
 )
 
 
 @dataclass(frozen=True)
 class BundleObject:
-    """One blob the bundle ships: its files (relative paths and sizes) in order."""
+    """One blob the bundle ships; its files follow from its size and the split size."""
 
     digest: str
     size: int
     sha256: str
-    files: tuple[tuple[str, int], ...]
+    split: int | None = None
+
+    @property
+    def pieces(self) -> int:
+        return piece_count(self.size, self.split)
+
+    def files(self) -> Iterator[tuple[str, int]]:
+        return iter_object_files(self.digest, self.size, self.split)
+
+    def expected_size(self, part: str | None) -> int | None:
+        """The size of the file with this `.partNNN` suffix (None: the whole file),
+        or None when the object's layout has no such file."""
+        if part is None:
+            return self.size if self.pieces == 0 else None
+        i = int(part)
+        if self.split is None or f"{i:03d}" != part or i >= self.pieces:
+            return None
+        return min(self.split, self.size - i * self.split)
 
     @property
     def label(self) -> str:
-        first = self.files[0][0]
-        return first if len(self.files) == 1 else f"{first} (+{len(self.files) - 1} pieces)"
+        whole = piece_name(self.digest, None)
+        return whole if self.pieces == 0 else f"{whole}.part000-{self.pieces - 1:03d}"
 
 
 @dataclass
@@ -86,7 +105,10 @@ def open_bundle(root: Path) -> Bundle:
     if not root.is_dir():
         raise SeedError(f"{root}: not a directory (a seed bundle is a directory)")
     b = Bundle(root)
-    top = _scan_top(b)
+    try:
+        top = _scan_top(b)
+    except OSError as exc:
+        raise SeedError(f"{root}: cannot read: {exc.strerror}") from None
     if METADATA not in top:
         b.problems.append(
             f"{METADATA} is missing: the bundle is incomplete (an interrupted export? "
@@ -96,19 +118,26 @@ def open_bundle(root: Path) -> Bundle:
         try:
             b.meta = parse_metadata(_read_small(root / METADATA))
         except UnsupportedBundle as exc:
-            # Nothing else can be interpreted with certainty: say only this.
-            b.problems = [str(exc)]
+            # Nothing else can be interpreted with certainty: check no further.
+            b.problems.append(str(exc))
             return b
         except (ValueError, OSError) as exc:
             b.problems.append(str(exc))
     if MANIFEST in top:
-        _read_manifest(b)
+        try:
+            _read_manifest(b)
+        except OSError as exc:
+            b.problems.append(f"{MANIFEST}: cannot read: {exc.strerror}")
     else:
         b.problems.append(f"{MANIFEST} is missing")
     if b.meta is not None:
         _check_counts(b, b.meta)
     if OBJECTS in top:
-        _check_objects(b)
+        try:
+            _check_objects(b)
+        except OSError as exc:
+            b.broken.update(b.shipped)
+            b.problems.append(f"{exc.filename}: cannot read: {exc.strerror}")
     elif b.shipped:
         b.broken.update(b.shipped)
         b.problems.append(f"{OBJECTS}/ is missing ({len(b.shipped)} objects expected)")
@@ -194,8 +223,7 @@ def _read_manifest(b: Bundle) -> None:
     split = b.meta.split_size if b.meta is not None else None
     for d, (size, sha256, in_bundle, _) in sorted(objects.items()):
         if in_bundle:
-            files = tuple(object_files(d, size, split))
-            b.shipped[d] = BundleObject(d, size, sha256, files)
+            b.shipped[d] = BundleObject(d, size, sha256, split)
         else:
             b.assumed[d] = (size, sha256)
 
@@ -209,46 +237,57 @@ def _check_counts(b: Bundle, meta: Metadata) -> None:
 
 
 def _check_objects(b: Bundle) -> None:
-    """Every file under objects/ is expected, plain and of the right size; none is missing."""
-    expected = {rel: size for o in b.shipped.values() for rel, size in o.files}
-    found: dict[str, int] = {}
+    """Every file under objects/ is expected, plain and of the right size; none is missing.
+
+    Driven by what is on the disk, not by the sizes the manifest claims, so that a
+    hostile size (10^18 bytes in 64 KiB pieces) costs nothing.
+    """
+    found: dict[str, set[int]] = {}  # digest -> piece indexes found (-1: whole file)
     objects = b.root / OBJECTS
     with os.scandir(objects) as top:
-        for sub in sorted(top, key=lambda de: de.name):
-            mode = sub.stat(follow_symlinks=False).st_mode
-            rel = f"{OBJECTS}/{sub.name}"
-            if not stat.S_ISDIR(mode) or not FANOUT.fullmatch(sub.name):
-                b.problems.append(f"{rel}: unexpected {_kind(mode)} in {OBJECTS}/")
+        subs = sorted((de.name, de.path, de.stat(follow_symlinks=False).st_mode) for de in top)
+    for sub, path, mode in subs:
+        if not stat.S_ISDIR(mode) or not FANOUT.fullmatch(sub):
+            b.problems.append(f"{OBJECTS}/{sub}: unexpected {_kind(mode)} in {OBJECTS}/")
+            continue
+        with os.scandir(path) as it:
+            files = sorted((de.name, de.stat(follow_symlinks=False)) for de in it)
+        for name, st in files:
+            rel = f"{OBJECTS}/{sub}/{name}"
+            if not stat.S_ISREG(st.st_mode):
+                b.problems.append(f"{rel}: {_kind(st.st_mode)}; a bundle holds only plain files")
                 continue
-            with os.scandir(sub.path) as it:
-                for de in sorted(it, key=lambda de: de.name):
-                    rel = f"{OBJECTS}/{sub.name}/{de.name}"
-                    st = de.stat(follow_symlinks=False)
-                    if not stat.S_ISREG(st.st_mode):
-                        b.problems.append(
-                            f"{rel}: {_kind(st.st_mode)}; a bundle holds only plain files"
-                        )
-                    elif rel not in expected:
-                        m = OBJECT_NAME.fullmatch(de.name)
-                        why = "not in the manifest" if m else "not an object name"
-                        b.problems.append(f"{rel}: unexpected file ({why})")
-                    else:
-                        found[rel] = st.st_size
-    if b.meta is None:
-        # Without the metadata the layout (split size) is unknown and the export
-        # was interrupted anyway: the missing metadata file is the problem to fix.
-        return
-    for o in b.shipped.values():
-        for rel, size in o.files:
-            if rel not in found:
-                b.broken.add(o.digest)
-                b.problems.append(f"{rel}: missing (object {o.digest} of the manifest)")
-            elif found[rel] != size:
+            if b.meta is None:
+                continue  # the layout (split size) is unknown: the missing metadata is the problem
+            m = OBJECT_NAME.fullmatch(name)
+            part: str | None = m["part"] if m else None
+            o = b.shipped.get(m["hex"]) if m and name.startswith(sub) else None
+            want = o.expected_size(part) if o is not None else None
+            if o is None or want is None:
+                why = "not in the manifest" if m else "not an object name"
+                b.problems.append(f"{rel}: unexpected file ({why})")
+            elif st.st_size != want:
                 b.broken.add(o.digest)
                 b.problems.append(
-                    f"{rel}: {found[rel]} bytes, the manifest needs {size}"
-                    + (" (truncated)" if found[rel] < size else "")
+                    f"{rel}: {st.st_size} bytes, the manifest needs {want}"
+                    + (" (truncated)" if st.st_size < want else "")
                 )
+            else:
+                found.setdefault(o.digest, set()).add(-1 if part is None else int(part))
+    if b.meta is None:
+        return
+    for o in b.shipped.values():
+        got = found.get(o.digest, set())
+        if o.pieces == 0 and -1 not in got:
+            b.broken.add(o.digest)
+            b.problems.append(f"{o.label}: missing (object {o.digest} of the manifest)")
+        elif o.pieces and len(got) < o.pieces:
+            b.broken.add(o.digest)
+            first = next(i for i in range(o.pieces) if i not in got)
+            b.problems.append(
+                f"{piece_name(o.digest, first)}: missing ({o.pieces - len(got)} of "
+                f"{o.pieces} pieces of object {o.digest} are)"
+            )
 
 
 def _kind(mode: int) -> str:
@@ -275,7 +314,7 @@ def read_object(
     An error reading the bundle is a problem; an error raised by `sink` propagates."""
     b3 = blake3.blake3()
     s256 = hashlib.sha256()
-    for rel, size in o.files:
+    for rel, size in o.files():
         try:
             # O_NOFOLLOW: the tree was checked; refuse a file swapped for a symlink since.
             fd = os.open(b.root / rel, os.O_RDONLY | os.O_NOFOLLOW)

@@ -179,7 +179,7 @@ class BlobStore:
         moved = 0
         for src, digest in files:
             final = self.path(digest)
-            if not final.parent.is_dir():
+            if final.parent not in dirs and not final.parent.is_dir():
                 final.parent.mkdir(exist_ok=True)
                 dirs.add(self.objects)
             os.replace(src, final)
