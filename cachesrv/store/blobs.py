@@ -70,7 +70,9 @@ class BlobWriter:
         if final.exists():
             self.path.unlink(missing_ok=True)
         else:
-            final.parent.mkdir(exist_ok=True)
+            if not final.parent.is_dir():
+                final.parent.mkdir(exist_ok=True)
+                _fsync_dir(final.parent.parent)  # the new fanout directory's own entry
             os.replace(self.path, final)
             _fsync_dir(final.parent)
         return BlobInfo(digest=digest, size=self.size, sha256=self.sha256)
