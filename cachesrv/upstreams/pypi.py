@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from ..config import UpstreamConfig
-from ..errors import BadRequest, Forbidden
-from .urls import canonical_escapes
+from ..errors import Forbidden
+from .urls import canonical_escapes, file_url
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
@@ -55,17 +55,7 @@ def key_url(upstream: UpstreamConfig, path: str) -> str:
             return f"{upstream.base}/{normalize(unquote(project))}/"
         return upstream.base + "/"
     if path.startswith("files/"):
-        parts = path[len("files/") :].split("/", 2)
-        if len(parts) != 3 or parts[0] not in ("http", "https") or not parts[2]:
-            raise BadRequest(f"file URLs look like /{upstream.name}/files/<scheme>/<host>/<path>")
-        scheme, netloc, rest = parts
-        netloc = unquote(netloc)
-        if not upstream.allows_host(netloc):
-            raise Forbidden(
-                f"{netloc} is not a file host of upstream {upstream.name!r}; add it to "
-                f"[upstreams.{upstream.name}] file_hosts"
-            )
-        return f"{scheme}://{netloc}/{rest}"
+        return file_url(upstream, path[len("files/") :])
     raise Forbidden(
         f"a pypi upstream serves /{upstream.name}/simple/ and /{upstream.name}/files/ only"
     )

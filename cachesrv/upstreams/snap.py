@@ -44,13 +44,14 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 
 from ..config import UpstreamConfig
-from ..errors import BadRequest, Forbidden, UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from .snapasserts import ASSERTION, ASSERTIONS_PREFIX
+from .urls import file_url
 
 REFRESH_PATH = "v2/snaps/refresh"
 INFO_PREFIX = "v2/snaps/info/"
@@ -111,17 +112,7 @@ Headers = tuple[tuple[str, str], ...]
 def key_url(upstream: UpstreamConfig, path: str) -> str:
     """The canonical URL for a path under a snap upstream (see module doc)."""
     if path.startswith(FILES_PREFIX):
-        parts = path[len(FILES_PREFIX) :].split("/", 2)
-        if len(parts) != 3 or parts[0] not in ("http", "https") or not parts[2]:
-            raise BadRequest(f"file URLs look like /{upstream.name}/files/<scheme>/<host>/<path>")
-        scheme, netloc, rest = parts
-        netloc = unquote(netloc)
-        if not upstream.allows_host(netloc):
-            raise Forbidden(
-                f"{netloc} is not a file host of upstream {upstream.name!r}; add it to "
-                f"[upstreams.{upstream.name}] file_hosts"
-            )
-        return f"{scheme}://{netloc}/{rest}"
+        return file_url(upstream, path[len(FILES_PREFIX) :])
     if path.startswith(ASSERTIONS_PREFIX):
         return f"{assertions_base(upstream)}/{path}"
     return f"{upstream.base}/{path}" if path else upstream.base + "/"
