@@ -36,6 +36,6 @@ def test_workers_share_socket_and_store_and_stop_together(
     assert upstream.count("/w.tar.gz") == 1
     assert server.stop(signal.SIGTERM) == 0
     for pid in workers:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-            f"/proc/{pid}/status"
-        ).read_text()
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )

@@ -74,9 +74,7 @@ async def test_offline_page_lists_only_stored_files_and_metadata(
         text = await (await offline.get("/pypi/simple/beta/")).text()
         assert one.name in text and "beta-2.0-" not in text
         assert "data-core-metadata" not in text and "data-dist-info-metadata" not in text
-        doc = await (
-            await offline.get("/pypi/simple/beta/", headers={"Accept": PIP_ACCEPT})
-        ).read()
+        doc = await (await offline.get("/pypi/simple/beta/", headers={"Accept": PIP_ACCEPT})).read()
         # Only HTML was recorded: offline answers the recorded format pip also accepts.
         assert b"beta-2.0-" not in doc and one.name.encode() in doc
         never = await offline.get("/pypi/simple/gamma/")
