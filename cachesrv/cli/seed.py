@@ -1,0 +1,166 @@
+"""`cachesrv seed ...` (also the `seed` console script): named seeds and bundles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ConfigError
+from .common import ConfigOpt, StoreOpt, open_store, parse_when, seed_app
+
+# -- seed list / show ----------------------------------------------------------
+
+
+@seed_app.command("list")
+def seed_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
+    """Named seeds with their entry counts and sizes."""
+    st = open_store(config, store)
+    try:
+        rows = st.index.seeds()
+    finally:
+        st.close()
+    if not rows:
+        typer.echo("no seeds")
+    for r in rows:
+        typer.echo(f"{r['name']:<30} {r['entries']:>7} entries {r['bytes']:>14} bytes")
+
+
+@seed_app.command("show")
+def seed_show(
+    name: Annotated[str, typer.Argument(help="Seed name.")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """A seed's entries, total size and any missing blobs."""
+    st = open_store(config, store)
+    try:
+        keys = st.index.seed_keys(name)
+        if not keys:
+            raise ConfigError(f"no seed named {name!r} (see `cachesrv seed list`)")
+        total = 0
+        missing: list[str] = []
+        for key in keys:
+            entry = st.index.get(key)
+            if entry is None or not st.blobs.has(entry.digest):
+                missing.append(key)
+                typer.echo(f"MISSING  {key}")
+                continue
+            total += entry.size
+            typer.echo(f"{entry.size:>12}  {key}")
+    finally:
+        st.close()
+    typer.echo(f"seed {name}: {len(keys)} entries, {total} bytes, {len(missing)} missing blobs")
+    if missing:
+        raise typer.Exit(1)
+
+
+# -- seed export / import / verify / inventory -----------------------------------
+
+
+@seed_app.command("export")
+def seed_export(
+    dest: Annotated[Path, typer.Argument(help="Bundle directory (empty, or an earlier export).")],
+    seed: Annotated[
+        list[str] | None, typer.Option("--seed", help="Only this named seed (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only entries recorded since WHEN (2h, 3d, ISO).")
+    ] = None,
+    missing_from: Annotated[
+        Path | None,
+        typer.Option(help="Inventory of the receiving store: export only what it lacks."),
+    ] = None,
+    split_size: Annotated[
+        str | None,
+        typer.Option(help="Split larger blobs into pieces (1MiB, 500M, 4GiB, fat32)."),
+    ] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Write the store (or seeds, or what another store lacks) as a bundle; resumable."""
+    from ..seed import ExportOptions, export_bundle, parse_size
+
+    try:
+        split = parse_size(split_size) if split_size is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--split-size: {exc}") from None
+    opts = ExportOptions(
+        seeds=tuple(seed or ()),
+        since=parse_when(since) if since else None,
+        missing_from=missing_from,
+        split_size=split,
+    )
+    st = open_store(config, store)
+    try:
+        report = export_bundle(st, dest, opts)
+    finally:
+        st.close()
+    for why in report.skipped:
+        typer.echo(f"skipped: {why}", err=True)
+    typer.echo(report.summary())
+
+
+@seed_app.command("import")
+def seed_import(
+    src: Annotated[Path, typer.Argument(help="Bundle directory written by `seed export`.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Verify and report what would change; change nothing.")
+    ] = False,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Verify a bundle completely, then merge it into the store (all or nothing)."""
+    from ..seed import import_bundle
+
+    st = open_store(config, store)
+    try:
+        report = import_bundle(st, src, dry_run=dry_run)
+    finally:
+        st.close()
+    if dry_run:
+        for line in report.details():
+            typer.echo(line)
+    else:
+        for key in report.kept:
+            typer.echo(f"kept: {key} (this store's copy is newer)", err=True)
+    typer.echo(report.summary())
+
+
+@seed_app.command("verify")
+def seed_verify(
+    src: Annotated[Path, typer.Argument(help="Bundle directory.")],
+) -> None:
+    """Check a bundle (format, paths, sizes, every digest) without importing it."""
+    from ..seed import verify_bundle
+
+    typer.echo(verify_bundle(src).summary())
+
+
+@seed_app.command("inventory")
+def seed_inventory(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE (default: stdout).")
+    ] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """What this store holds, for `seed export --missing-from` at the other site."""
+    from ..seed import write_inventory
+
+    st = open_store(config, store)
+    try:
+        text, inv = write_inventory(st, output)
+    finally:
+        st.close()
+    summary = (
+        f"seed inventory: {len(inv['digests'])} blobs, {len(inv['entries'])} entries, "
+        f"{len(inv['seeds'])} seeds"
+    )
+    if output is None:
+        sys.stdout.write(text)
+        typer.echo(summary, err=True)
+    else:
+        typer.echo(f"{summary} -> {output}")
