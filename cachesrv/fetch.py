@@ -6,8 +6,9 @@ meanwhile join it. The flight writes the body into a temp blob while hashing it;
 each client tails that temp file at its own pace through a duplicated file
 descriptor, so memory stays bounded whatever the size and a slow client never
 slows the fetch. A client is never sent the last byte of a body until the body is
-complete, verified and committed: a truncated or lying upstream therefore makes
-every client's download fail instead of handing out a corrupt file.
+complete and verified: a truncated or lying upstream therefore makes every
+client's download fail instead of handing out a corrupt file. (The fsync and rename
+that make the blob durable happen after that, without holding the clients up.)
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Flight:
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.not_modified = False
+        self.verified = False
         self.written = 0
         self.read_fd: int | None = None
         self.seeds: set[str] = {route.seed} if route.seed else set()
@@ -128,6 +130,10 @@ class Flight:
                         url,
                         f"{expected.algorithm} is {got}, upstream declared {expected.hexdigest}",
                     )
+            # Complete and verified: clients may have the last byte now; making the
+            # blob durable (fsync, rename, index) need not hold them up.
+            self.verified = True
+            self._notify()
             info = await asyncio.get_running_loop().run_in_executor(None, writer.commit)
             now = time.time()
             entry = Entry(
@@ -200,8 +206,8 @@ class Flight:
                 finished = self.result.done()
                 if finished and self.result.exception() is not None:
                     raise self.result.exception()  # type: ignore[misc]
-                # Hold back the final byte until the body is committed (see module doc).
-                limit = self.written if finished else self.written - 1
+                # Hold back the final byte until the body is verified (see module doc).
+                limit = self.written if finished or self.verified else self.written - 1
                 if offset < limit:
                     # pread of bytes just written: they are in the page cache.
                     data = os.pread(fd, min(CHUNK, limit - offset), offset)
@@ -245,6 +251,15 @@ class OnlineSource:
         route = request.route
         index = self.store.index
         flight = self.flights.get(route.url)
+        if flight is not None and flight.verified:
+            # The body is whole and verified, only being made durable: a client that
+            # asks now (often the one that just got it) is answered from the store.
+            with contextlib.suppress(CachesrvError):
+                done = await flight.result
+                if route.seed:
+                    await index.run(index.add_to_seed, route.seed, route.url)
+                return Stored(done, self.store.blobs.path(done.digest), Outcome.HIT)
+            flight = self.flights.get(route.url)
         if flight is None and route.seed is None:
             # The hit path: memory only, no SQLite, no thread (see store/hot.py).
             item = self.store.hot.get(route.url)
@@ -316,8 +331,11 @@ class OnlineSource:
         raise UpstreamError(route.upstream.name, route.url, "too many redirects")
 
     async def close(self) -> None:
+        """Cancel fetches in progress; let verified bodies finish being recorded (a
+        client already has them, and expects the store to)."""
         for flight in list(self.flights.values()):
-            flight.task.cancel()
+            if not flight.verified:
+                flight.task.cancel()
             with contextlib.suppress(BaseException):
                 await flight.task
 

@@ -8,6 +8,7 @@ from ..errors import CachesrvError, MethodNotAllowed
 from ..source import Generated, Outcome, Request, Stored, Streaming
 from .keys import STATE
 from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM
+from .sendfile import BlobResponse
 from .target import request_target
 
 
@@ -87,10 +88,10 @@ def serve_from_memory(answer: Stored) -> web.Response:
     )
 
 
-def serve_stored(answer: Stored) -> web.FileResponse:
+def serve_stored(answer: Stored) -> BlobResponse:
     """A committed blob: sendfile, Range, HEAD and conditional requests by aiohttp."""
     entry = answer.entry
-    return web.FileResponse(
+    return BlobResponse(
         answer.path,
         chunk_size=256 * 1024,
         headers={
