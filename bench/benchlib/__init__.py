@@ -1,0 +1,1 @@
+"""Helpers of bench/run.py: corpus, processes, HTTP client, wrk, servers, report."""
