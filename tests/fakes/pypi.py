@@ -31,20 +31,18 @@ import hashlib
 import html
 import json
 import re
-import socket
 import tarfile
-import threading
 import time
 import zipfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
+
+from tests.fakes.server import ThreadedServer
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
@@ -261,10 +259,7 @@ def _tamper(data: bytes) -> bytes:
     return bytes(out)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class FakePyPI:
+class FakePyPI(ThreadedServer[RecordedRequest]):
     """A PEP 503/691 index of the files in ``dists``, on ``127.0.0.1:<free port>``.
 
     Use as a context manager, or ``start()``/``stop()``. ``url`` is the origin;
@@ -274,22 +269,17 @@ class FakePyPI:
     def __init__(
         self, dists: Path, *, metadata: bool = True, files_on_other_host: bool = False
     ) -> None:
+        super().__init__()
         self.dists = Path(dists)
         self.metadata = metadata
         self.files_on_other_host = files_on_other_host
         self.url = ""
         self.files_url = ""  # origin of /files/ (== url unless files_on_other_host)
-        self.requests: list[RecordedRequest] = []
-        self._log_lock = threading.Lock()
         self._lies: set[str] = set()
         self._hidden: set[str] = set()
         self._yanked: dict[str, str] = {}
         self._changed_at = time.time()
         self._info_cache: dict[tuple[str, int, int], DistFile] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runners: list[web.AppRunner] = []
-        self._stopped = False
 
     # --- test-facing controls ---------------------------------------------------------
 
@@ -298,20 +288,9 @@ class FakePyPI:
         """``url + "/simple/"``."""
         return self.url + "/simple/"
 
-    def count(self, prefix: str = "") -> int:
-        """How many requests had a path starting with ``prefix``."""
-        with self._log_lock:
-            return sum(1 for r in self.requests if r.path.startswith(prefix))
-
     def paths(self, prefix: str = "") -> list[str]:
         """``METHOD path`` of every recorded request under ``prefix``, in order."""
-        with self._log_lock:
-            return [f"{r.method} {r.path}" for r in self.requests if r.path.startswith(prefix)]
-
-    def reset_log(self) -> None:
-        """Forget the recorded requests."""
-        with self._log_lock:
-            self.requests.clear()
+        return [f"{r.method} {r.path}" for r in self._logged(prefix)]
 
     def lie_about(self, filename: str) -> None:
         """Serve ``filename`` with one byte changed: same length, still unpacks, wrong sha256."""
@@ -327,112 +306,18 @@ class FakePyPI:
         self._yanked[filename] = reason
         self._changed_at = time.time()
 
-    # --- lifecycle --------------------------------------------------------------------
+    # --- serving ----------------------------------------------------------------------
 
-    def start(self) -> Self:
-        """Start listening; returns once both sockets accept connections."""
-        if self._thread is not None:
-            raise RuntimeError("FakePyPI already started")
-        socks = [self._bind()]
-        if self.files_on_other_host:
-            socks.append(self._bind())
-        self.url = f"http://127.0.0.1:{socks[0].getsockname()[1]}"
-        self.files_url = f"http://127.0.0.1:{socks[-1].getsockname()[1]}"
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(loop,), name="FakePyPI", daemon=True
-        )
-        self._thread.start()
-        try:
-            # Blocks until the sites are listening (or setup failed): no sleeping.
-            asyncio.run_coroutine_threadsafe(self._serve(socks), loop).result(timeout=30)
-        except BaseException:
-            for sock in socks:
-                sock.close()
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free every resource; safe to call more than once."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or self._stopped:
-            return
-        self._stopped = True
-        try:
-            if not loop.is_closed() and thread.is_alive():
-                asyncio.run_coroutine_threadsafe(self._cleanup(), loop).result(timeout=30)
-        finally:
-            if thread.is_alive():
-                loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            if not loop.is_closed():
-                loop.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @staticmethod
-    def _bind() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        return sock
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-
-    async def _serve(self, socks: list[socket.socket]) -> None:
+    async def _setup(self) -> None:
         apps = [self._make_app("index", files=not self.files_on_other_host, simple=True)]
         if self.files_on_other_host:
             apps.append(self._make_app("files", files=True, simple=False))
-        for app, sock in zip(apps, socks, strict=True):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            self._runners.append(runner)
-            await web.SockSite(runner, sock).start()
-
-    async def _cleanup(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        ports = [await self._listen(app) for app in apps]
+        self.url = f"http://127.0.0.1:{ports[0]}"
+        self.files_url = f"http://127.0.0.1:{ports[-1]}"
 
     def _make_app(self, listener: str, *, files: bool, simple: bool) -> web.Application:
-        @web.middleware
-        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-            entry = RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=request.query_string,
-                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
-                listener=listener,
-            )
-            with self._log_lock:
-                self.requests.append(entry)
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                entry.status = exc.status
-                raise
-            entry.status = response.status
-            return response
-
-        app = web.Application(middlewares=[record])
+        app = web.Application(middlewares=[self._recorder(listener, RecordedRequest)])
         if simple:
             app.router.add_get("/simple", self._redirect_root)
             app.router.add_get("/simple/", self._project_list)

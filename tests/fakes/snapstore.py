@@ -33,21 +33,18 @@ sha3-384) and ``corrupt`` (names whose CDN bytes are flipped).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
-import socket
 import subprocess
-import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
+
+from tests.fakes.server import ThreadedServer
 
 ASSERTION_TYPE = "application/x.ubuntu.assertion"
 #: The real root key of the store (snapd's asserts/sysdb): assertions that claim it as
@@ -55,8 +52,6 @@ ASSERTION_TYPE = "application/x.ubuntu.assertion"
 ROOT_KEY_ID = "-CvQKAwRQ5h3Ffn10FILJoEZUXOv6km9FwA80-Rcj-f-6jadQ89VRswHNiEB9Lxk"
 PUBLISHER_ID = "fakepublisher0000000000000000000"
 TIMESTAMP = "2024-01-02T03:04:05.000000Z"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_snap(workdir: Path, name: str, version: str, *, arch: str = "all") -> Path:
@@ -201,26 +196,22 @@ def assertion(headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
     return content + b"\n\n" + _signature(content) + b"\n"
 
 
-class FakeSnapStore:
+class FakeSnapStore(ThreadedServer[RecordedRequest]):
     """The store API (and assertion service) on one port, its CDN on another.
 
     ``url`` is the API base (``SNAPPY_FORCE_API_URL``), ``cdn_url`` the CDN's;
-    ``requests`` every request; ``count(prefix)`` those whose path starts with it.
+    ``requests`` every request; ``count(prefix)`` those whose path starts with it,
+    ``paths(prefix)`` their paths; ``reset_log()`` forgets them.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.snaps: list[FakeSnap] = []
         self.assertions: dict[str, bytes] = {}
-        self.requests: list[RecordedRequest] = []
         self.lie_sha3: set[str] = set()
         self.corrupt: set[str] = set()
         self.url = ""
         self.cdn_url = ""
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runners: list[web.AppRunner] = []
-        self._stopped = False
 
     # -- content ------------------------------------------------------------------------
 
@@ -291,112 +282,15 @@ class FakeSnapStore:
             a[f"snap-revision/{sha3_b64}"],
         ]
 
-    def count(self, prefix: str = "/") -> int:
-        with self._lock:
-            return sum(1 for r in self.requests if r.path.startswith(prefix))
+    # -- serving ------------------------------------------------------------------------
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            raise RuntimeError("FakeSnapStore already started")
-        socks = [self._bind(), self._bind()]
-        self.url = f"http://127.0.0.1:{socks[0].getsockname()[1]}"
-        self.cdn_url = f"http://127.0.0.1:{socks[1].getsockname()[1]}"
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(loop,), name="FakeSnapStore", daemon=True
-        )
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(socks), loop).result(timeout=30)
-        except BaseException:
-            for sock in socks:
-                sock.close()
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or self._stopped:
-            return
-        self._stopped = True
-        try:
-            if not loop.is_closed() and thread.is_alive():
-                asyncio.run_coroutine_threadsafe(self._cleanup(), loop).result(timeout=30)
-        finally:
-            if thread.is_alive():
-                loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            if not loop.is_closed():
-                loop.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @staticmethod
-    def _bind() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        return sock
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-
-    async def _serve(self, socks: list[socket.socket]) -> None:
-        for app, sock in zip((self._api_app(), self._cdn_app()), socks, strict=True):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            self._runners.append(runner)
-            await web.SockSite(runner, sock).start()
-
-    async def _cleanup(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-
-    def _recorder(self, listener: str) -> Any:
-        @web.middleware
-        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-            entry = RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=request.query_string,
-                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
-                body=await request.read(),
-                listener=listener,
-            )
-            with self._lock:
-                self.requests.append(entry)
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                entry.status = exc.status
-                raise
-            entry.status = response.status
-            return response
-
-        return record
+    async def _setup(self) -> None:
+        api, cdn = [await self._listen(app) for app in (self._api_app(), self._cdn_app())]
+        self.url = f"http://127.0.0.1:{api}"
+        self.cdn_url = f"http://127.0.0.1:{cdn}"
 
     def _api_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._recorder("api")])
+        app = web.Application(middlewares=[self._recorder("api", RecordedRequest, body=True)])
         app.router.add_post("/v2/snaps/refresh", self._refresh)
         app.router.add_get("/v2/snaps/info/{name}", self._info)
         app.router.add_get("/v2/assertions/{tail:.+}", self._assertion)
@@ -404,7 +298,7 @@ class FakeSnapStore:
         return app
 
     def _cdn_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._recorder("cdn")])
+        app = web.Application(middlewares=[self._recorder("cdn", RecordedRequest, body=True)])
         app.router.add_get("/download-origin/canonical/{filename}", self._cdn)
         return app
 

@@ -1,7 +1,8 @@
 """A fake HTTP upstream: a real aiohttp server on 127.0.0.1 serving a directory.
 
-The server runs in a background thread with its own event loop, so the same object works
-from plain synchronous tests (apt-get, pip and uv run as subprocesses) and from async tests
+The server runs in a background thread with its own event loop (the plumbing shared with
+the other fakes is in ``tests/fakes/server.py``), so the same object works from plain
+synchronous tests (apt-get, pip and uv run as subprocesses) and from async tests
 (whose loop is busy running the test itself)::
 
     with FakeUpstream(tmp_path / "www") as up:
@@ -34,16 +35,13 @@ import dataclasses
 import enum
 import hashlib
 import mimetypes
-import threading
-import weakref
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.server import ThreadedServer
 
 _CHUNK = 256 * 1024
 # XOR 0xFF: the "lie" fault's byte flipper (bytes.translate is fast even for big files).
@@ -171,31 +169,15 @@ class RecordedRequest:
     fault: FaultKind | None = None
 
 
-class _TrackingServer(web.Server):
-    """aiohttp's low-level server, reporting every connection's transport when made."""
-
-    def __init__(
-        self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        on_connection: Callable[[asyncio.Transport], None],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self._on_connection = on_connection
-
-    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        self._on_connection(transport)
-
-
-class FakeUpstream:
+class FakeUpstream(ThreadedServer[RecordedRequest]):
     """A real HTTP server on ``127.0.0.1:<random port>`` serving files from ``root``.
 
     Use it as a context manager or call :meth:`start` / :meth:`stop`. Attributes:
 
     * ``url``: ``"http://127.0.0.1:PORT"`` (no trailing slash), ``port``: the bound port;
     * ``requests``: every request, in arrival order (appended under a lock from the
-      server thread; read it freely from the test);
+      server thread; read it freely from the test), with ``count(prefix)``,
+      ``paths(prefix)`` and ``reset_log()`` (see :class:`~tests.fakes.server.ThreadedServer`);
     * ``faults``: ``{path: Fault}``; add or remove entries at any time, even while running.
       Keys are decoded URL paths without the query, as in ``RecordedRequest.path``
       (``"/dists/stable/InRelease"``); absolute-form (proxy) requests match by path too.
@@ -203,156 +185,33 @@ class FakeUpstream:
 
     def __init__(self, root: Path) -> None:
         self.root: Path = Path(root).resolve()
+        super().__init__(name=f"FakeUpstream({self.root})")
         self.url: str = ""
         self.port: int = 0
-        self.requests: list[RecordedRequest] = []
         self.faults: dict[str, Fault] = {}
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: _TrackingServer | None = None
-        self._listener: asyncio.Server | None = None
-        self._stopping: asyncio.Event | None = None
-        # Every accepted connection, so stop() can abort those still open (weak: closed
-        # transports go away on their own).
-        self._transports: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
 
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- listener, request log, faults -------------------------------------------------
 
-    def start(self) -> FakeUpstream:
-        """Bind 127.0.0.1:0 and return once the server accepts connections."""
-        if self._thread is not None:
-            raise RuntimeError("FakeUpstream already started")
-        # Explicitly the selector loop (not a policy's uvloop): _astop relies on its accept
-        # and close semantics.
-        loop = asyncio.SelectorEventLoop()
-        thread = threading.Thread(
-            target=self._run_loop, args=(loop,), name=f"FakeUpstream({self.root})", daemon=True
-        )
-        thread.start()
-        self._loop, self._thread = loop, thread
-        try:
-            asyncio.run_coroutine_threadsafe(self._astart(), loop).result(timeout=30)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every connection, stop the thread. Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-        try:
-            if loop.is_running():
-                asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout=30)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            loop.close()
-
-    def __enter__(self) -> FakeUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_forever()
-
-    async def _astart(self) -> None:
-        self._stopping = asyncio.Event()
-        # aiohttp's low-level server (no router: one handler sees every path), behind a
-        # plain asyncio server, so that every accepted connection is tracked (see _astop).
-        self._server = _TrackingServer(self._handle, self._transports.add, access_log=None)
-        self._listener = await asyncio.get_running_loop().create_server(
-            self._server, "127.0.0.1", 0
-        )
-        # create_server() returns after listen() and with the accept reader registered:
-        # from here on connections queue in the backlog and are served, no polling needed.
-        assert self._listener.is_serving()
-        self.port = int(self._listener.sockets[0].getsockname()[1])
+    async def _setup(self) -> None:
+        # A low-level handler (no router): one handler sees every path.
+        self.port = await self._listen(self._handle)
         self.url = f"http://127.0.0.1:{self.port}"
-
-    async def _astop(self) -> None:
-        """Tear down without leaking a socket, even for connections accepted mid-stop.
-
-        No graceful shutdown: a fake upstream that is stopped mid-answer should look like
-        one that died. Every connection is aborted, every task cancelled.
-        """
-        loop = asyncio.get_running_loop()
-        if self._stopping is not None:
-            self._stopping.set()  # hang and slow faults end now
-        if self._listener is not None:
-            # Stop accepting, but do not close the listener yet: an accept already under
-            # way fails if the asyncio.Server is closed first (Server._attach() asserts it
-            # is open) and leaks its socket. Two turns of the loop (the ready queue is
-            # FIFO) let those accepts create their transport and connection_made() track
-            # it; only then is the listener closed.
-            for sock in self._listener.sockets:
-                loop.remove_reader(sock.fileno())
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            self._listener.close()
-        # Abort every connection ever accepted. (aiohttp's own graceful shutdown only
-        # close()s them: a transport with unsent data, e.g. a truncated body the client
-        # never read, stays open; and it waits out its timeout for a connection whose
-        # handler task has not started yet.) The sockets are really closed in loop
-        # callbacks queued by abort(), which run during the next yield.
-        for transport in list(self._transports):
-            transport.abort()
-        await asyncio.sleep(0)
-        # Nothing may stay pending when the loop closes ("Task was destroyed" warnings).
-        current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self._listener is not None:
-            await self._listener.wait_closed()
-        await loop.shutdown_asyncgens()
-        self._listener = self._server = None
-
-    # -- request log -------------------------------------------------------------------
-
-    def count(self, path_prefix: str = "") -> int:
-        """Number of recorded requests whose path starts with ``path_prefix``."""
-        with self._lock:
-            return sum(1 for r in self.requests if r.path.startswith(path_prefix))
-
-    def paths(self, path_prefix: str = "") -> list[str]:
-        """Paths of the recorded requests (in order) that start with ``path_prefix``."""
-        with self._lock:
-            return [r.path for r in self.requests if r.path.startswith(path_prefix)]
-
-    def reset_log(self) -> None:
-        """Forget every recorded request (the list object stays the same)."""
-        with self._lock:
-            self.requests.clear()
 
     def _record(self, request: web.BaseRequest, status: int, fault: Fault | None) -> None:
         headers = Headers()
         for name, value in request.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        rec = RecordedRequest(
-            method=request.method,
-            path=request.path,
-            headers=headers,
-            status=status,
-            query=request.query_string,
-            fault=fault.kind if fault is not None else None,
+        self._log(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                headers=headers,
+                status=status,
+                query=request.query_string,
+                fault=fault.kind if fault is not None else None,
+            )
         )
-        with self._lock:
-            self.requests.append(rec)
 
     def _take_fault(self, path: str, kinds: set[FaultKind]) -> Fault | None:
         """Atomically use up one application of the path's fault, if it is of ``kinds``."""
