@@ -6,9 +6,9 @@ meanwhile join it. The flight writes the body into a temp blob while hashing it;
 each client tails that temp file at its own pace through a duplicated file
 descriptor, so memory stays bounded whatever the size and a slow client never
 slows the fetch. A client is never sent the last byte of a body until the body is
-complete and verified: a truncated or lying upstream therefore makes every
-client's download fail instead of handing out a corrupt file. (The fsync and rename
-that make the blob durable happen after that, without holding the clients up.)
+complete, verified and recorded: a truncated or lying upstream therefore makes
+every client's download fail instead of handing out a corrupt file, and a client that
+has a file can count on the store (and the seed it asked through) having it too.
 """
 
 from __future__ import annotations
@@ -130,10 +130,6 @@ class Flight:
                         url,
                         f"{expected.algorithm} is {got}, upstream declared {expected.hexdigest}",
                     )
-            # Complete and verified: clients may have the last byte now; making the
-            # blob durable (fsync, rename, index) need not hold them up.
-            self.verified = True
-            self._notify()
             info = await asyncio.get_running_loop().run_in_executor(None, writer.commit)
             now = time.time()
             entry = Entry(
@@ -150,6 +146,9 @@ class Flight:
             )
             await src.store.index.run(src.store.index.put, entry)
             await self._add_seeds(url)
+            # Only now may clients have the last byte: once one has the whole file, the
+            # store (and its seeds) has it too, for any worker process that is asked next.
+            self.verified = True
             log.info("recorded %s (%d bytes, %s)", url, info.size, info.digest)
             self.result.set_result(entry)
         except Exception as exc:  # every failure ends the flight; none is recorded
@@ -206,7 +205,7 @@ class Flight:
                 finished = self.result.done()
                 if finished and self.result.exception() is not None:
                     raise self.result.exception()  # type: ignore[misc]
-                # Hold back the final byte until the body is verified (see module doc).
+                # Hold back the final byte until the body is recorded (see module doc).
                 limit = self.written if finished or self.verified else self.written - 1
                 if offset < limit:
                     # pread of bytes just written: they are in the page cache.
@@ -252,8 +251,7 @@ class OnlineSource:
         index = self.store.index
         flight = self.flights.get(route.url)
         if flight is not None and flight.verified:
-            # The body is whole and verified, only being made durable: a client that
-            # asks now (often the one that just got it) is answered from the store.
+            # The body is recorded and the flight is about to end: answer from the store.
             with contextlib.suppress(CachesrvError):
                 done = await flight.result
                 if route.seed:

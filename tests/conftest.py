@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -93,6 +94,7 @@ class CachesrvProcess:
             stdout=subprocess.DEVNULL,
             text=True,
             env=env,
+            start_new_session=True,  # its own process group: stop() reaches any workers
         )
         ready = threading.Event()
 
@@ -123,9 +125,11 @@ class CachesrvProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # nothing of the group outlives it
         if self._reader is not None:
-            self._reader.join(timeout=10)
-        if self.proc.stderr is not None:
+            self._reader.join(timeout=30)
+        if self.proc.stderr is not None and not (self._reader and self._reader.is_alive()):
             self.proc.stderr.close()
         return rc
 

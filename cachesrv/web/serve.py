@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -128,6 +129,7 @@ def serve(config: Config, *, workers: int = 1, strict: bool = False, log_format:
         pid = os.fork()
         if pid == 0:  # a worker: serve until SIGTERM, never return into the CLI
             os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd
+            _die_with_parent()
             code = 0
             try:
                 run(
@@ -155,6 +157,17 @@ def serve(config: Config, *, workers: int = 1, strict: bool = False, log_format:
     )
     print(log_line(message, log_format), file=sys.stderr, flush=True)
     _supervise(children)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies (even by SIGKILL), so
+    no orphan keeps serving, or holding the store and the supervisor's stderr."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor already went before prctl took effect
+        os._exit(1)
 
 
 def _supervise(children: list[int]) -> None:
