@@ -92,10 +92,16 @@ def _m002_declared_hashes(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m003_entries_by_recorded(db: sqlite_utils.Database) -> None:
+    """The status page and `seed export --since` ask for entries by recording time."""
+    db.execute("CREATE INDEX entries_recorded ON entries(recorded)")
+
+
 #: Named migrations, applied in order, each once. Append; never edit or reorder.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_declared_hashes", _m002_declared_hashes),
+    ("003_entries_by_recorded", _m003_entries_by_recorded),
 ]
 
 _ENTRY_COLS = (

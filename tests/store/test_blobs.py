@@ -95,3 +95,17 @@ def test_index_entries_seeds_misses_and_nearest(tmp_path: Path) -> None:
     rows = idx.misses()
     assert len(rows) == 1 and rows[0]["count"] == 2 and rows[0]["key"] == missing.url
     store.close()
+
+
+def test_an_older_index_is_upgraded_by_the_missing_migrations(tmp_path: Path) -> None:
+    idx = Index(tmp_path / "index.sqlite")
+    # Make it look like a store written before the last migration existed.
+    last = MIGRATIONS[-1][0]
+    idx.db.execute("DROP INDEX IF EXISTS entries_recorded")
+    idx.db.execute("DELETE FROM migrations WHERE name = ?", [last])
+    idx.close()
+    again = Index(tmp_path / "index.sqlite")
+    assert again.migrations() == [name for name, _ in MIGRATIONS]
+    names = {r[0] for r in again.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "entries_recorded" in names
+    again.close()
