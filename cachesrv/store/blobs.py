@@ -109,18 +109,6 @@ class BlobStore:
     def writer(self, extra_hash: str | None = None) -> BlobWriter:
         return BlobWriter(self, extra_hash)
 
-    def put_file(self, src: Path) -> BlobInfo:
-        """Copy a file into the store (hashing as it goes)."""
-        w = self.writer()
-        try:
-            with src.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    w.write(chunk)
-            return w.commit()
-        except BaseException:
-            w.abort()
-            raise
-
     def put_bytes(self, data: bytes) -> BlobInfo:
         w = self.writer()
         try:

@@ -220,10 +220,6 @@ class Index:
             sql += f" LIMIT {int(limit)}"
         return [_entry(r) for r in self._rows(sql, [prefix, prefix + "\U0010ffff"])]
 
-    def entries_since(self, since: float) -> list[Entry]:
-        sql = f"SELECT {_ENTRY_COLS} FROM entries WHERE recorded >= ? ORDER BY key"
-        return [_entry(r) for r in self._rows(sql, [since])]
-
     def recent_entries(self, limit: int = 10) -> list[Entry]:
         """The `limit` most recently recorded entries, newest first (status page)."""
         sql = f"SELECT {_ENTRY_COLS} FROM entries ORDER BY recorded DESC LIMIT ?"
