@@ -72,10 +72,35 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """`[tls]`: HTTPS interception (docs/https.md)."""
+
+    #: Where `ca.pem` and `ca.key` live; None means `<store>/tls`.
+    ca_dir: Path | None = None
+    #: Hosts intercepted beyond the upstreams' own: shell patterns, `host:port` for a
+    #: port other than 443.
+    intercept: tuple[str, ...] = ()
+    #: A PEM file of extra CAs trusted for upstream certificates (with the system's).
+    upstream_ca: Path | None = None
+    #: Not a config key: a private server started by `cachesrv wrap` records whatever
+    #: host its build reaches (`serve --any-host`).
+    any_host: bool = False
+
+    def intercepts(self, netloc: str) -> bool:
+        """Whether `netloc` (`host` for port 443 or 80, else `host:port`) is one of the
+        extra hosts. A pattern without a port matches the default ports only."""
+        if self.any_host:
+            return True
+        netloc = netloc.lower()
+        return any(fnmatch.fnmatchcase(netloc, p.lower()) for p in self.intercept)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     source: str | None = None
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def with_overrides(
         self,
@@ -83,8 +108,10 @@ class Config:
         store: Path | None = None,
         listen: str | None = None,
         mode: Mode | None = None,
+        any_host: bool = False,
     ) -> Config:
         server = self.server
+        tls = replace(self.tls, any_host=True) if any_host else self.tls
         if store is not None:
             server = replace(server, store=store)
         if listen is not None:
@@ -92,13 +119,18 @@ class Config:
             server = replace(server, listen=listen)
         if mode is not None:
             server = replace(server, mode=mode)
-        return replace(self, server=server)
+        return replace(self, server=server, tls=tls)
 
     @property
     def store(self) -> Path:
         """The resolved store directory (never None once loaded)."""
         assert self.server.store is not None
         return self.server.store
+
+    @property
+    def ca_dir(self) -> Path:
+        """Where the local CA lives: `tls.ca_dir`, else `<store>/tls`."""
+        return self.tls.ca_dir or self.store / "tls"
 
 
 DEFAULT_UPSTREAMS: dict[str, dict[str, Any]] = {
@@ -129,6 +161,8 @@ _SERVER_KEYS = {
     "log_format",
 }
 _UPSTREAM_KEYS = {"kind", "url", "file_hosts", "assertions_url"}
+_TLS_KEYS = {"ca_dir", "intercept", "upstream_ca"}
+_INTERCEPT = re.compile(r"[a-z0-9*?.\[\]-]+(:[0-9]{1,5})?")
 
 
 def default_store() -> Path:
@@ -163,7 +197,7 @@ def load_config(path: Path | None = None, *, store: Path | None = None) -> Confi
 
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:
     """Validate a parsed TOML document; every error names the file and key."""
-    unknown = set(raw) - {"server", "upstreams"}
+    unknown = set(raw) - {"server", "upstreams", "tls"}
     if unknown:
         raise ConfigError(f"unknown table {sorted(unknown)[0]!r}", file=source)
     server_raw = _table(raw.get("server", {}), source, "server")
@@ -217,7 +251,31 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
         name: _upstream(name, _table(t, source, f"upstreams.{name}"), source)
         for name, t in ups_raw.items()
     }
-    return Config(server=server, upstreams=upstreams, source=source)
+    tls = _tls(_table(raw.get("tls", {}), source, "tls"), source)
+    return Config(server=server, upstreams=upstreams, source=source, tls=tls)
+
+
+def _tls(t: Mapping[str, Any], source: str | None) -> TlsConfig:
+    bad = set(t) - _TLS_KEYS
+    if bad:
+        raise ConfigError("unknown key", file=source, key=f"tls.{sorted(bad)[0]}")
+    tls = TlsConfig()
+    if "ca_dir" in t:
+        tls = replace(tls, ca_dir=Path(_str(t, "ca_dir", source, "tls")))
+    if "upstream_ca" in t:
+        tls = replace(tls, upstream_ca=Path(_str(t, "upstream_ca", source, "tls")))
+    if "intercept" in t:
+        hosts = t["intercept"]
+        if not isinstance(hosts, list) or not all(
+            isinstance(h, str) and _INTERCEPT.fullmatch(h.lower()) for h in hosts
+        ):
+            raise ConfigError(
+                'must be a list of host patterns such as "*.example.org" or "host:8443"',
+                file=source,
+                key="tls.intercept",
+            )
+        tls = replace(tls, intercept=tuple(h.lower() for h in hosts))
+    return tls
 
 
 def _upstream(name: str, t: Mapping[str, Any], source: str | None) -> UpstreamConfig:

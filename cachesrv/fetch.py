@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from .config import Config
 from .errors import (
     CachesrvError,
+    ConfigError,
     IntegrityError,
     UpstreamError,
     UpstreamStatus,
@@ -345,6 +348,15 @@ def _upstream_error(exc: BaseException, name: str, url: str) -> CachesrvError:
         return UpstreamTimeout(name, url, "timed out")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamError(name, url, f"body truncated ({exc})")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return UpstreamError(
+            name,
+            url,
+            f"TLS certificate not trusted ({exc.certificate_error}); trust its CA with "
+            "[tls] upstream_ca if it is right",
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return UpstreamError(name, url, f"TLS failed: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(name, url, f"cannot connect: {exc.os_error}")
     if isinstance(exc, aiohttp.ClientError | OSError):
@@ -361,16 +373,29 @@ def _hex(h: object) -> str:
     return h.hexdigest() if h is not None else ""  # type: ignore[attr-defined]
 
 
-def make_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
-    """The one HTTP client session of a server (or of a CLI prefetch run)."""
+def make_session(config: Config) -> aiohttp.ClientSession:
+    """The one HTTP client session of a server (or of a CLI prefetch run).
+
+    Upstream certificates are verified against the system's CAs plus `tls.upstream_ca`:
+    a body that did not come over verified TLS is never recorded nor served.
+    """
+    s = config.server
     timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
     )
+    context = ssl.create_default_context()
+    if config.tls.upstream_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(config.tls.upstream_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"tls.upstream_ca: cannot load {config.tls.upstream_ca}: {exc}"
+            ) from None
     return aiohttp.ClientSession(
         timeout=timeout,
         auto_decompress=False,
         headers={"User-Agent": "cachesrv/0.1 (+recording proxy)"},
-        connector=aiohttp.TCPConnector(limit=64, limit_per_host=16),
+        connector=aiohttp.TCPConnector(limit=64, limit_per_host=16, ssl=context),
     )
 
 

@@ -35,11 +35,10 @@ async def prefetch(
 ) -> PrefetchReport:
     """Resolve each URL against the configured upstreams and record it."""
     report = PrefetchReport()
-    router = Router(config.upstreams, config.server.max_url_length)
+    router = Router(config.upstreams, config.server.max_url_length, config.tls)
     store = Store(config.store)
-    s = config.server
     try:
-        async with make_session(s.connect_timeout, s.read_timeout) as session:
+        async with make_session(config) as session:
             source = online_source(store, session, Metrics())
             limit = asyncio.Semaphore(concurrency)
             with progress("prefetch", len(urls)) as tick:

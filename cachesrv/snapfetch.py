@@ -83,13 +83,12 @@ async def fetch_snap(
 ) -> SnapFetchReport:
     """Record one snap, its refresh answer and its assertion chain (see module doc)."""
     upstream = snap_upstream(config, upstream_name)
-    router = Router(config.upstreams, config.server.max_url_length)
+    router = Router(config.upstreams, config.server.max_url_length, config.tls)
     prefix = (f"/@{seed}" if seed else "") + f"/{upstream.name}"
     store = Store(config.store)
     report = SnapFetchReport(name)
-    s = config.server
     try:
-        async with make_session(s.connect_timeout, s.read_timeout) as session:
+        async with make_session(config) as session:
             metrics = Metrics()
             online = OnlineSource(store, session, metrics)
             source = SnapStore(online, store, offline=False, session=session, metrics=metrics)

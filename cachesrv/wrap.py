@@ -288,6 +288,8 @@ class PrivateServer:
         mode = "offline" if opts.offline else "online"
         self.cmd = [sys.executable, "-m", "cachesrv", "serve", "--listen", "127.0.0.1:0"]
         self.cmd += ["--store", str(config.store), "--mode", mode, "--log-format", "text"]
+        # It records this user's own build: whatever host the build reaches (SPEC).
+        self.cmd.append("--any-host")
         if config.source:
             self.cmd += ["--config", config.source]
         if opts.strict:

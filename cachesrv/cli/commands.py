@@ -34,18 +34,27 @@ def serve(
         str | None,
         typer.Option(help="Log lines as text or json (default: server.log_format, text)."),
     ] = None,
+    any_host: Annotated[
+        bool,
+        typer.Option(
+            "--any-host",
+            hidden=True,
+            help="Record any host asked for (the private server of cachesrv wrap).",
+        ),
+    ] = False,
 ) -> None:
     """Run the caching proxy (on built-in defaults when given no options).
 
     Under systemd socket activation (LISTEN_FDS) it serves the passed socket and
-    ignores --listen.
+    ignores --listen. The local CA for HTTPS interception is made on first start
+    (see `cachesrv ca`).
     """
     from ..web.accesslog import setup_logging
     from ..web.serve import serve as run_serve
 
     if log_format not in (None, "text", "json"):
         raise ConfigError(f"--log-format must be text or json, not {log_format!r}")
-    cfg = config_for(config, store).with_overrides(listen=listen, mode=mode)
+    cfg = config_for(config, store).with_overrides(listen=listen, mode=mode, any_host=any_host)
     fmt = log_format or cfg.server.log_format
     setup_logging(fmt)
     run_serve(cfg, workers=workers, strict=strict, log_format=fmt)

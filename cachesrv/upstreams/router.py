@@ -9,22 +9,32 @@ An optional `/@<seed>/` prefix names the seed the entry is recorded in.
 
 Matching an absolute URL to an upstream ignores the scheme: `http://` and
 `https://` of the same host and path are the same artifact. Anything that is not
-under a configured upstream (or one of its `file_hosts`) is refused: cachesrv is
-never an open proxy.
+under a configured upstream (or one of its `file_hosts`, or a `tls.intercept` host)
+is refused: cachesrv is never an open proxy. A private server started by `cachesrv
+wrap` (`tls.any_host`) records whatever host its build reaches.
+
+Hosts outside the upstreams (`tls.intercept`, any host) share one synthetic generic
+upstream, `INTERCEPT`, whose key is the URL as asked (`https://host[:port]/path`).
+The same policy says which `CONNECT host:port` tunnels are terminated
+(`allows_connect`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import UpstreamConfig
+from ..config import TlsConfig, UpstreamConfig
 from ..errors import BadRequest, Forbidden
 from ..models import CacheKey
 from . import pypi, snap
 from .urls import canonical_escapes, decode
 
+#: The upstream name of hosts that are reached through `tls.intercept` (or, for a
+#: private wrap server, any host). Config names cannot start with "_".
+INTERCEPT = "_intercept"
 _SEED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CTL = re.compile(r"[\x00-\x20\x7f\\]")
 _BAD_ESCAPES = re.compile(r"%(00|2f|5c)", re.IGNORECASE)
@@ -48,9 +58,24 @@ class Route:
 class Router:
     """Resolves request targets against the configured upstreams."""
 
-    def __init__(self, upstreams: Mapping[str, UpstreamConfig], max_length: int = 4096) -> None:
+    def __init__(
+        self,
+        upstreams: Mapping[str, UpstreamConfig],
+        max_length: int = 4096,
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.upstreams = dict(upstreams)
         self.max_length = max_length
+        self.tls = tls or TlsConfig()
+        # What CONNECT may reach: each upstream's own hosts, port 443 unless its URL
+        # names one (`host` or `host:port`), and its file_hosts patterns.
+        self._connectable = {
+            _connect_netloc(url)
+            for u in self.upstreams.values()
+            for url in (u.url, u.assertions_url)
+            if url
+        }
+        self._connect_patterns = tuple(h for u in self.upstreams.values() for h in u.file_hosts)
         # (host+path without scheme, upstream), longest first so the most specific wins.
         self._prefixes = sorted(
             ((_strip_scheme(u.base), u) for u in self.upstreams.values()),
@@ -105,6 +130,13 @@ class Router:
         host = host_path.split("/", 1)[0].lower()
         if not host or not re.fullmatch(r"[a-z0-9.\-\[\]:]+", host):
             raise BadRequest(f"invalid host in URL: {host!r}")
+        default_port = ":443" if scheme == "https" else ":80"
+        if host.endswith(default_port):  # `https://host:443/` is `https://host/`
+            cut = len(host) - len(default_port)
+            host_path, host_path_q = host_path[:cut] + host_path[len(host):], (
+                host_path_q[:cut] + host_path_q[len(host):]
+            )
+            host = host[:cut]
         norm = host + host_path[len(host) :]
         for prefix, upstream in self._prefixes:
             if norm == prefix or norm.startswith(prefix + "/"):
@@ -115,10 +147,29 @@ class Router:
                 base = f"{scheme}://{host}"
                 rest = host_path_q[len(host) :].lstrip("/")
                 return self._route(upstream, base, rest, seed)
+        if self.tls.intercepts(host):
+            upstream = UpstreamConfig(
+                name=INTERCEPT,
+                kind="generic",
+                url=f"{scheme}://{host}",
+                # Redirects may lead to the same set of hosts (any, for a private server).
+                file_hosts=("*",) if self.tls.any_host else self.tls.intercept,
+            )
+            return self._route(upstream, upstream.url, host_path_q[len(host) :].lstrip("/"), seed)
         raise Forbidden(
             f"{scheme}://{host}/ is not a configured upstream; add "
-            f'[upstreams.NAME] url = "{scheme}://{_safe(host)}/..." to the config'
+            f'[upstreams.NAME] url = "{scheme}://{_safe(host)}/..." '
+            f'or [tls] intercept = ["{_safe(host)}"] to the config'
         )
+
+    def allows_connect(self, host: str, port: int) -> bool:
+        """Whether a `CONNECT host:port` tunnel is terminated and served: the upstreams'
+        hosts (port 443, or the port their URL names), their `file_hosts` (a pattern
+        without a port means 443), `tls.intercept`, or any host for a private server."""
+        netloc = host if port == 443 else f"{host}:{port}"
+        if netloc in self._connectable or self.tls.intercepts(netloc):
+            return True
+        return any(fnmatch.fnmatchcase(netloc, p.lower()) for p in self._connect_patterns)
 
     def _route(self, upstream: UpstreamConfig, base: str, path: str, seed: str | None) -> Route:
         path = _check_path(path)
@@ -137,6 +188,12 @@ def _check_path(path: str) -> str:
     if "//" in plain:
         raise BadRequest("empty path segment ('//') in URL")
     return path
+
+
+def _connect_netloc(url: str) -> str:
+    """`https://host:8443/x` -> `host:8443`; `http://host/x` -> `host` (CONNECT to 443)."""
+    netloc = url.split("://", 1)[1].split("/", 1)[0].lower()
+    return netloc[: -len(":443")] if netloc.endswith(":443") else netloc
 
 
 def _strip_scheme(url: str) -> str:

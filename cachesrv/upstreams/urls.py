@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import unquote
 
@@ -43,3 +44,53 @@ def file_url(upstream: UpstreamConfig, rest: str) -> str:
             f"[upstreams.{upstream.name}] file_hosts"
         )
     return f"{scheme}://{netloc}/{path}"
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+MAX_HOST = 253
+
+
+def connect_authority(target: str) -> tuple[str, int]:
+    """The `host` and `port` of a `CONNECT host:port` request target, checked strictly.
+
+    Host names are LDH labels (lower-cased); IPv4 only in its canonical dotted form
+    (`127.1`, `0x7f.0.0.1` and `2130706433` are refused, as their meaning differs
+    between resolvers); IPv6 in brackets. The port is required, decimal, 1-65535.
+    """
+    if len(target) > MAX_HOST + 8:
+        raise BadRequest(f"CONNECT target longer than {MAX_HOST + 8} characters")
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host:
+        raise BadRequest(f"CONNECT needs host:port, not {target[:100]!r}")
+    if not port_text.isdigit() or not port_text.isascii() or len(port_text) > 5:
+        raise BadRequest(f"CONNECT port must be a number, not {port_text[:20]!r}")
+    port = int(port_text)
+    if not 0 < port < 65536 or port_text != str(port):
+        raise BadRequest(f"CONNECT port out of range or not canonical: {port_text!r}")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise BadRequest(f"CONNECT host {host[:100]!r}: unbalanced brackets")
+        try:
+            addr6 = ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise BadRequest(f"CONNECT host {host[:100]!r} is not an IPv6 address") from None
+        return f"[{addr6.compressed}]", port
+    host = host.lower()
+    if len(host) > MAX_HOST:
+        raise BadRequest(f"CONNECT host name longer than {MAX_HOST} characters")
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels) or re.fullmatch(r"[0-9a-fx.]+", host) and (
+        labels[-1].isdigit() or labels[-1].startswith("0x")
+    ):
+        try:
+            addr4 = ipaddress.IPv4Address(host)
+        except ValueError:
+            addr4 = None
+        if addr4 is None or str(addr4) != host:
+            raise BadRequest(
+                f"CONNECT host {host[:100]!r} is not a canonical IPv4 address (a.b.c.d)"
+            )
+        return host, port
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise BadRequest(f"CONNECT host {host[:100]!r} is not a valid host name")
+    return host, port

@@ -48,8 +48,9 @@ def access_record(
     return {
         "remote": request.remote or "-",
         "method": request.method,
-        # raw_path: the target as sent (absolute-form for proxy clients), not re-quoted.
-        "target": request.raw_path,
+        # raw_path: the target as sent (absolute-form for proxy clients), not re-quoted;
+        # inside a CONNECT tunnel, the https:// URL it stands for.
+        "target": _target(request),
         "status": response.status,
         "bytes": body_bytes(request, response),
         "duration": round(seconds, 6),
@@ -57,6 +58,15 @@ def access_record(
         "upstream": request.get(UPSTREAM),
         "user_agent": request.headers.get(hdrs.USER_AGENT),
     }
+
+
+def _target(request: web.BaseRequest) -> str:
+    target = request.raw_path
+    transport = request.transport
+    if target.startswith("/") and transport is not None:
+        if transport.get_extra_info("ssl_object") is not None:
+            return f"https://{request.host}{target}"
+    return target
 
 
 def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:

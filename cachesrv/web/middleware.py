@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from ..errors import (
@@ -28,6 +28,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..source import Outcome
+from .connect import connect
 from .keys import STATE
 
 log = logging.getLogger("cachesrv.web")
@@ -43,11 +44,9 @@ INTERNAL_PREFIX = "/_cachesrv/"
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.method == "CONNECT":
-            raise MethodNotAllowed(
-                "CONNECT tunnels cannot be cached; write https:// sources as "
-                "http://HTTPS///host/path so they reach cachesrv in plain HTTP"
-            )
+        if request.method == hdrs.METH_CONNECT:
+            # Its target is an authority, not a path: no route matches it.
+            return await connect(request)
         return await handler(request)
     except NotCached as exc:
         request[OUTCOME] = Outcome.OFFLINE_MISS

@@ -15,8 +15,9 @@ from .target import request_target
 async def proxy(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     # raw_path is the request target as sent: a path, or a whole URL in absolute form
-    # (made origin-form when it names this server; seed from proxy credentials: target.py).
-    route = state.router.resolve(request_target(request))
+    # (made origin-form when it names this server; seed from proxy credentials; inside a
+    # CONNECT tunnel, the https:// URL: target.py).
+    route = state.router.resolve(request_target(request, state.tunnels))
     body = None
     if request.method == hdrs.METH_POST and route.upstream.kind == "snap":
         # The snap store API answers refresh actions to POSTs (see snapstore.py).

@@ -7,7 +7,8 @@ them, which costs a core for one fast client and buffers chunks per connection.
 requests, ETag, Last-Modified) and replaces only the transfer: after the headers
 are flushed it calls `os.sendfile` on a duplicate of the connection's socket,
 waiting for writability on that duplicate (the transport keeps its own
-descriptor), and falls back to FileResponse's own path when it cannot.
+descriptor), and falls back to FileResponse's own path when it cannot (and inside
+a TLS tunnel, where the bytes must be encrypted).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ class BlobResponse(web.FileResponse):
     ) -> AbstractStreamWriter:
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
-        if transport is None or sock is None or not hasattr(os, "sendfile"):
+        # Inside a CONNECT tunnel the socket carries TLS: bytes must go through the
+        # transport to be encrypted (its "socket" is the raw one underneath).
+        tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+        if transport is None or sock is None or tls or not hasattr(os, "sendfile"):
             return await super()._sendfile(request, fobj, offset, count)
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None

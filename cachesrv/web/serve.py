@@ -25,6 +25,7 @@ from aiohttp import web
 from ..config import Config, split_listen
 from ..errors import ConfigError
 from ..store.blobs import BlobStore
+from ..tls.ca import LocalCA
 from .accesslog import SINK, log_line, server_options
 from .app import make_app
 
@@ -104,6 +105,8 @@ def serve(config: Config, *, workers: int = 1, strict: bool = False, log_format:
     its own index connection after the fork (SQLite must not cross a fork). Single
     flight holds within a worker; two workers may fetch the same cold URL once each.
     """
+    # Made (or its key's mode checked) before any worker forks: workers only load it.
+    LocalCA.ensure(config.ca_dir)
     if workers <= 1:
         run(run_server(config, strict=strict, log_format=log_format))
         return

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp import web
 
 from ..config import Config
 from ..fetch import make_session
@@ -14,7 +15,9 @@ from ..models import Mode
 from ..source import Source
 from ..sources import offline_source, online_source
 from ..store import Store
+from ..tls.ca import LocalCA
 from ..upstreams.router import Router
+from .target import Tunnel
 
 
 @dataclass
@@ -26,10 +29,14 @@ class ServerState:
     router: Router
     metrics: Metrics
     mode: Mode
+    #: The local CA that mints certificates for CONNECT tunnels (tls/ca.py).
+    ca: LocalCA
     offline: Source
     online: Source | None = None
     session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)
+    #: Open CONNECT tunnels, by the aiohttp handler serving each (web/connect.py).
+    tunnels: dict[web.RequestHandler, Tunnel] = field(default_factory=dict)
 
     @property
     def source(self) -> Source:
@@ -45,9 +52,10 @@ class ServerState:
         state = cls(
             config=config,
             store=store,
-            router=Router(config.upstreams, config.server.max_url_length),
+            router=Router(config.upstreams, config.server.max_url_length, config.tls),
             metrics=Metrics(),
             mode=config.server.mode,
+            ca=LocalCA.ensure(config.ca_dir),
             offline=offline_source(store, strict=strict),
         )
         state.set_mode(config.server.mode)
@@ -56,8 +64,7 @@ class ServerState:
     def set_mode(self, mode: Mode) -> None:
         """Switch mode at run time (admin API). Going online opens the HTTP session."""
         if mode is Mode.ONLINE and self.online is None:
-            s = self.config.server
-            self.session = make_session(s.connect_timeout, s.read_timeout)
+            self.session = make_session(self.config)
             self.online = online_source(self.store, self.session, self.metrics)
         self.mode = mode
 

@@ -15,6 +15,8 @@ two kinds of request reach it that the URL alone would get wrong:
   names no seed in its path is then routed into seed NAME (`/@NAME/...`), with the same
   meaning: recorded in the seed, and in strict offline mode served only from it.
   Other credentials are ignored: cachesrv does no proxy authentication.
+- Requests inside a `CONNECT` tunnel (connect.py): origin-form `/path` on the tunnel's
+  connection, meaning `https://host[:port]/path`, in the seed the CONNECT named.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import base64
 import binascii
 import ipaddress
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
@@ -32,10 +36,33 @@ _SEED_USER = "seed"
 _SEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def request_target(request: web.BaseRequest) -> str:
+@dataclass(frozen=True)
+class Tunnel:
+    """Where a CONNECT tunnel leads, and the seed its proxy credentials named."""
+
+    host: str
+    port: int
+    seed: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """`https://host` (`https://host:port` for a port other than 443)."""
+        return f"https://{self.host}" if self.port == 443 else f"https://{self.host}:{self.port}"
+
+
+def request_target(
+    request: web.BaseRequest, tunnels: Mapping[web.RequestHandler, Tunnel] | None = None
+) -> str:
     """The target to resolve: `raw_path`, made origin-form when it names this server,
-    and given the seed of the proxy credentials when its path names none."""
+    and given the seed of the proxy credentials when its path names none; inside a
+    tunnel, the `https://` URL it names."""
     target = request.raw_path
+    tunnel = tunnels.get(request.protocol) if tunnels else None
+    if tunnel is not None:
+        if not target.startswith("/"):
+            raise BadRequest("inside a CONNECT tunnel, requests name a path (origin form)")
+        target = tunnel.origin + target
+        return target if tunnel.seed is None else with_seed(target, tunnel.seed)
     if target.startswith("/"):
         return target  # a direct request (proxy credentials come with proxy requests)
     target = _own_origin_form(request, target)

@@ -21,6 +21,7 @@ that sees every request); the base does the rest:
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -136,8 +137,16 @@ class ThreadedServer(Generic[R]):
         """Bind the listeners (with :meth:`_listen`) and set the URLs; runs in the loop."""
         raise NotImplementedError
 
-    async def _listen(self, target: web.Application | LowLevelHandler) -> int:
-        """Serve ``target`` on a new listener at 127.0.0.1:0; return the bound port."""
+    async def _listen(
+        self,
+        target: web.Application | LowLevelHandler,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> int:
+        """Serve ``target`` on a new listener at 127.0.0.1:0; return the bound port.
+
+        With ``ssl`` (a server-side context) the listener speaks HTTPS.
+        """
         if isinstance(target, web.Application):
             runner = web.AppRunner(target, access_log=None, handle_signals=False)
             await runner.setup()  # the app's startup; we serve its handler with our server
@@ -151,7 +160,7 @@ class ThreadedServer(Generic[R]):
         server = _TrackingServer(
             handler, self._transports.add, request_factory=factory, access_log=None
         )
-        listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+        listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0, ssl=ssl)
         self._listeners.append(listener)
         # create_server() returns after listen() and with the accept reader registered:
         # from here on connections queue in the backlog and are served, no polling needed.
