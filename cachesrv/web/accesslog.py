@@ -63,10 +63,8 @@ def access_record(
 def _target(request: web.BaseRequest) -> str:
     target = request.raw_path
     transport = request.transport
-    if target.startswith("/") and transport is not None:
-        if transport.get_extra_info("ssl_object") is not None:
-            return f"https://{request.host}{target}"
-    return target
+    tunnelled = transport is not None and transport.get_extra_info("ssl_object") is not None
+    return f"https://{request.host}{target}" if tunnelled and target.startswith("/") else target
 
 
 def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
