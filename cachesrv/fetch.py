@@ -60,11 +60,19 @@ class Expected:
 class Flight:
     """One upstream fetch of one key, shared by every client that asks meanwhile."""
 
-    def __init__(self, source: OnlineSource, route: Route, previous: Entry | None) -> None:
+    def __init__(
+        self,
+        source: OnlineSource,
+        route: Route,
+        previous: Entry | None,
+        body: bytes | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.source = source
         self.route = route
         self.previous = previous
+        #: A request body to POST upstream (git upload-pack); None for a GET.
+        self.upload = body
         self.headers_ready: asyncio.Future[None] = loop.create_future()
         self.result: asyncio.Future[Entry] = loop.create_future()
         for fut in (self.headers_ready, self.result):
@@ -92,7 +100,7 @@ class Flight:
         try:
             expected = await src.expected_hash(self.route)
             started = time.monotonic()
-            async with await src.request(self.route, self.previous) as resp:
+            async with await src.request(self.route, self.previous, self.upload) as resp:
                 src.metrics.upstream_latency.labels(name).observe(time.monotonic() - started)
                 if resp.status == 304 and self.previous is not None:
                     self.not_modified = True
@@ -279,7 +287,8 @@ class OnlineSource:
             # The await above may have let another request start the flight.
             flight = self.flights.get(route.url)
             if flight is None:
-                flight = Flight(self, route, entry if usable else None)
+                body = request.body if request.method == "POST" else None
+                flight = Flight(self, route, entry if usable else None, body)
                 self.flights[route.url] = flight
         flight.join(route.seed)
         try:
@@ -304,10 +313,19 @@ class OnlineSource:
             return False
         return not await index.run(index.is_quarantined, entry.digest)
 
-    async def request(self, route: Route, previous: Entry | None) -> aiohttp.ClientResponse:
+    async def request(
+        self, route: Route, previous: Entry | None, body: bytes | None = None
+    ) -> aiohttp.ClientResponse:
         """GET the route's URL (conditionally when revalidating), following only
-        redirects to hosts the upstream allows."""
+        redirects to hosts the upstream allows; or POST `body` to it (no redirects)."""
         url, extra = upstream_request(route.upstream.kind, route.url)
+        if body is not None:
+            return await self.session.post(
+                url,
+                data=body,
+                headers={"Accept-Encoding": "identity", **extra},
+                allow_redirects=False,
+            )
         headers = {"Accept-Encoding": "identity", **extra}
         if previous is not None:
             if previous.etag:

@@ -40,7 +40,7 @@ class Request:
     method: str = "GET"
     user_agent: str | None = None
     accept: str | None = None
-    #: The request body (only snap store API POSTs carry one).
+    #: The request body (snap store API and git upload-pack POSTs carry one).
     body: bytes | None = None
     #: The client's request headers (the snap store decorator forwards some upstream).
     headers: tuple[tuple[str, str], ...] = ()

@@ -1,8 +1,9 @@
 """The source chains, wired in one place for the server and the command line.
 
 Both chains are the base source (online: fetch and record; offline: lookups only)
-wrapped by the kind-specific decorators: `SimpleIndex` for pypi index pages and
-`SnapStore` for the snap store API. Requests of other kinds pass straight through.
+wrapped by the kind-specific decorators: `SimpleIndex` for pypi index pages,
+`SnapStore` for the snap store API and `GitSmartHttp` for git clones on any generic
+host. Other requests pass straight through.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import aiohttp
 
 from .fetch import OnlineSource
+from .githttp import GitSmartHttp
 from .metrics import Metrics
 from .offline import OfflineSource
 from .simple_index import SimpleIndex
@@ -20,15 +22,17 @@ from .store import Store
 
 def online_source(store: Store, session: aiohttp.ClientSession, metrics: Metrics) -> Source:
     base = OnlineSource(store, session, metrics)
-    return SnapStore(
+    snaps = SnapStore(
         SimpleIndex(base, store, offline=False),
         store,
         offline=False,
         session=session,
         metrics=metrics,
     )
+    return GitSmartHttp(snaps)
 
 
 def offline_source(store: Store, *, strict: bool) -> Source:
     base = OfflineSource(store, strict=strict)
-    return SnapStore(SimpleIndex(base, store, offline=True, strict=strict), store, offline=True)
+    pages = SimpleIndex(base, store, offline=True, strict=strict)
+    return GitSmartHttp(SnapStore(pages, store, offline=True))

@@ -54,6 +54,7 @@ from typing import Any
 
 from .config import Config, split_listen
 from .errors import ConfigError, WrapError
+from .tls.ca import LocalCA
 from .wrapenv import (
     SEED_NAME,
     Server,
@@ -61,6 +62,7 @@ from .wrapenv import (
     shell_lines,
     wrap_variables,
     write_apt_config,
+    write_tls_trust,
 )
 
 _SERVING = re.compile(r"cachesrv: serving (http://\S+?)/? ")
@@ -142,10 +144,15 @@ def run_wrap(config: Config, opts: WrapOptions) -> int:
                 f"--offline: the server at {server.url} is online; start it with "
                 "--mode offline (or switch it: POST /_cachesrv/api/v1/mode), or drop --offline"
             )
+        tls = write_tls_trust(Path(tmp), ca_pem=_ca_pem(server), env=os.environ)
         apt = write_apt_config(
-            Path(tmp), env=os.environ, proxy=server.proxy(opts.seed), offline=server_offline
+            Path(tmp),
+            env=os.environ,
+            proxy=server.proxy(opts.seed),
+            offline=server_offline,
+            ca_bundle=tls.bundle,
         )
-        variables = wrap_variables(server, seed=opts.seed, config=config, apt_config=apt)
+        variables = wrap_variables(server, seed=opts.seed, config=config, apt_config=apt, tls=tls)
         if signals.pending:
             return 128 + signals.pending[0]
         status = signals.run(list(opts.command), client_env(os.environ, variables))
@@ -190,18 +197,33 @@ def print_env(config: Config, opts: WrapOptions) -> str:
             "--strict configures a private server; with --print-env start the server "
             "as cachesrv serve --mode offline --strict"
         )
-    url = opts.server or os.environ.get("CACHESRV_URL") or _listen_url(config.server.listen)
-    server = Server.parse(url)
+    given = opts.server or os.environ.get("CACHESRV_URL")
+    server = Server.parse(given or _listen_url(config.server.listen))
     proxy = server.proxy(opts.seed)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = "\0".join((proxy, str(opts.offline), os.environ.get("APT_CONFIG", "")))
     workdir = cache / "cachesrv" / "wrap" / hashlib.sha256(key.encode()).hexdigest()[:16]
     workdir.mkdir(parents=True, exist_ok=True)
-    apt = write_apt_config(workdir, env=os.environ, proxy=proxy, offline=opts.offline)
-    variables = wrap_variables(server, seed=opts.seed, config=config, apt_config=apt)
+    # The server's CA: asked of the server named, else the one `serve` makes over this store.
+    note = None
+    try:
+        ca_pem = _ca_pem(server) if given else LocalCA.ensure(config.ca_dir).pem()
+    except WrapError as exc:
+        ca_pem, note = None, f"# no https interception: {exc}"
+    tls = write_tls_trust(workdir, ca_pem=ca_pem, env=os.environ) if ca_pem else None
+    apt = write_apt_config(
+        workdir,
+        env=os.environ,
+        proxy=proxy,
+        offline=opts.offline,
+        ca_bundle=tls.bundle if tls else None,
+    )
+    variables = wrap_variables(server, seed=opts.seed, config=config, apt_config=apt, tls=tls)
     head = [f"# cachesrv wrap --print-env: clients through {server.url}"]
     if opts.seed:
         head.append(f"# recorded in seed {opts.seed}")
+    if note:
+        head.append(note)
     return "\n".join(head + shell_lines(variables)) + "\n"
 
 
@@ -265,15 +287,34 @@ def _listen_url(listen: str) -> str:
 
 def _api(server: Server, what: str, *, quiet: bool = False) -> Any:
     """GET one of the server's read-only API pages, bypassing any proxy setting."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(server.url + _API + what, timeout=30) as resp:
-            return json.load(resp)
+        return json.loads(_get(server, _API + what))
     except (OSError, ValueError) as exc:
         if quiet:
             return None
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise WrapError(f"cannot reach the cache server at {server.url}: {why}") from None
+
+
+def _ca_pem(server: Server) -> bytes:
+    """The certificate of the server's local CA, which the build must trust."""
+    try:
+        pem = _get(server, "/_cachesrv/ca.pem")
+    except OSError as exc:
+        why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise WrapError(
+            f"cannot get the CA certificate of the cache server at {server.url}: {why}"
+        ) from None
+    if b"BEGIN CERTIFICATE" not in pem:
+        raise WrapError(f"{server.url}/_cachesrv/ca.pem is not a PEM certificate")
+    return pem
+
+
+def _get(server: Server, path: str) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(server.url + path, timeout=30) as resp:
+        data: bytes = resp.read()
+    return data
 
 
 # -- the private server -------------------------------------------------------------

@@ -5,7 +5,14 @@
 - apt: `APT_CONFIG`, a generated file (see `apt_config_text`);
 - snap tooling: `SNAPPY_FORCE_API_URL`, `SNAPPY_FORCE_SAS_URL`, `UBUNTU_STORE_URL` =
   `<server>/[@seed/]<snap>/`, and `SNAPPY_STORE_NO_CDN=1`;
-- curl, wget, Python and the rest: `http_proxy`, `HTTP_PROXY` = `http://[seed:NAME@]host:port/`;
+- curl, wget, git, Python and the rest: `http_proxy`, `HTTP_PROXY`, `https_proxy`,
+  `HTTPS_PROXY` = `http://[seed:NAME@]host:port/`; `https://` URLs then go through a
+  `CONNECT` tunnel that the server terminates with a certificate from its local CA
+  (docs/https.md). The build trusts that CA without the system being touched: a bundle
+  of the CAs it trusted already plus the cache's (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
+  `CURL_CA_BUNDLE`, `PIP_CERT`, `GIT_SSL_CAINFO`, apt's `Acquire::https::CAInfo`, a
+  `WGETRC` that repeats the user's), and `NODE_EXTRA_CA_CERTS` (node adds it to its
+  own); `GIT_HTTP_PROXY_AUTHMETHOD=basic` makes git send the seed on `CONNECT`;
 - scripts: `CACHESRV_URL` (the server) and `CACHESRV_SEED`.
 
 Index and store URLs carry the seed in their path (`/@NAME/`). A proxy URL cannot: a
@@ -23,9 +30,11 @@ removed for the same reason; configuration files are the build's business.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,14 +107,76 @@ def first_upstream(config: Config, kind: str) -> str | None:
     return next((name for name, u in config.upstreams.items() if u.kind == kind), None)
 
 
+@dataclass(frozen=True)
+class TlsTrust:
+    """The files that make a build trust the cache's CA (see the module doc)."""
+
+    #: The CAs the build trusted already, then the cache's.
+    bundle: Path
+    #: The cache's CA alone.
+    ca: Path
+    #: wget's configuration: the user's, then `ca_certificate`.
+    wgetrc: Path
+
+
+def write_tls_trust(workdir: Path, *, ca_pem: bytes, env: Mapping[str, str]) -> TlsTrust:
+    """Write the CA files into `workdir` (the build's private directory)."""
+    ca = workdir / "cachesrv-ca.pem"
+    ca.write_bytes(ca_pem)
+    trusted = b""
+    for name in _trusted_files(env):
+        try:
+            trusted = Path(name).read_bytes()
+            break
+        except OSError:
+            continue
+    bundle = workdir / "ca-bundle.pem"
+    bundle.write_bytes(trusted.rstrip(b"\n") + b"\n" + ca_pem if trusted else ca_pem)
+    wgetrc = workdir / "wgetrc"
+    user = env.get("WGETRC") or str(Path(env.get("HOME", "/nonexistent")) / ".wgetrc")
+    try:
+        mine = Path(user).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        mine = ""
+    wgetrc.write_text(
+        f"{mine.rstrip()}\n# cachesrv wrap: trust the cache's CA too\nca_certificate = {bundle}\n",
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
+    return TlsTrust(bundle=bundle, ca=ca, wgetrc=wgetrc)
+
+
+def _trusted_files(env: Mapping[str, str]) -> list[str]:
+    """Where the CAs the build trusts now are: its own setting, else the system's."""
+    paths = ssl.get_default_verify_paths()
+    found = [env.get("SSL_CERT_FILE"), env.get("REQUESTS_CA_BUNDLE"), paths.cafile]
+    found += [paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
+    return [f for f in found if f and os.path.isfile(f)]
+
+
 def wrap_variables(
-    server: Server, *, seed: str | None, config: Config, apt_config: Path | None
+    server: Server,
+    *,
+    seed: str | None,
+    config: Config,
+    apt_config: Path | None,
+    tls: TlsTrust | None = None,
 ) -> dict[str, str]:
     """The variables the build gets (see the module doc)."""
     found: dict[str, str] = {"CACHESRV_URL": server.url}
     if seed:
         found["CACHESRV_SEED"] = seed
     found["http_proxy"] = found["HTTP_PROXY"] = server.proxy(seed)
+    if tls is not None:
+        found["https_proxy"] = found["HTTPS_PROXY"] = server.proxy(seed)
+        bundle = str(tls.bundle)
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT"):
+            found[name] = bundle
+        found["GIT_SSL_CAINFO"] = bundle
+        found["NODE_EXTRA_CA_CERTS"] = str(tls.ca)
+        found["WGETRC"] = str(tls.wgetrc)
+        # git sends proxy credentials (the seed) on CONNECT only when told to.
+        found["GIT_HTTP_PROXY_AUTHMETHOD"] = "basic"
     if not server.named_by_address:
         # Proxy-form requests for the server's own URLs are served as such when they
         # arrive on the address they name (web/target.py); a host name cannot be
@@ -202,6 +273,7 @@ def apt_config_text(
     proxy: str,
     offline: bool,
     sources: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> str:
     """The configuration `APT_CONFIG` names for the build.
 
@@ -225,11 +297,15 @@ def apt_config_text(
         f'Acquire::http::Proxy "{proxy}";',
         'Acquire::http::Proxy-Auto-Detect "";',
         'Acquire::http::ProxyAutoDetect "";',
+        "#clear Acquire::https::Proxy;",
+        f'Acquire::https::Proxy "{proxy}";',
         # What a clean machine asks for: full indices (no diffs against local lists), no
         # translations. Set online too, so that the recorded seed is what offline needs.
         'Acquire::PDiffs "false";',
         'Acquire::Languages "none";',
     ]
+    if ca_bundle is not None:
+        lines.append(f'Acquire::https::CAInfo "{_apt_path(ca_bundle)}";')
     if offline:
         # A recorded Release expires (Valid-Until); offline it is still the one we have.
         lines.append('Acquire::Check-Valid-Until "false";')
@@ -306,7 +382,12 @@ def rewrite_https(text: str, *, deb822: bool) -> str:
 
 
 def write_apt_config(
-    workdir: Path, *, env: Mapping[str, str], proxy: str, offline: bool
+    workdir: Path,
+    *,
+    env: Mapping[str, str],
+    proxy: str,
+    offline: bool,
+    ca_bundle: Path | None = None,
 ) -> Path | None:
     """Write `apt.conf` (and rewritten sources, if any name https) into `workdir`;
     None where apt is not installed."""
@@ -326,7 +407,12 @@ def write_apt_config(
     conf = workdir / "apt.conf"
     conf.write_text(
         apt_config_text(
-            incoming=incoming, paths=paths, proxy=proxy, offline=offline, sources=sources_dir
+            incoming=incoming,
+            paths=paths,
+            proxy=proxy,
+            offline=offline,
+            sources=sources_dir,
+            ca_bundle=ca_bundle,
         )
     )
     return conf

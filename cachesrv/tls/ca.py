@@ -156,8 +156,9 @@ class LocalCA:
         )
         # The key first, exclusively: whoever writes it owns this CA; then its certificate.
         _write_new(key_path, key_pem, 0o600)
-        _write_new(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644,
-                   replace=True)
+        _write_new(
+            directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644, replace=True
+        )
         return cls(directory, cert, key)
 
     @classmethod

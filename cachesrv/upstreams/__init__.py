@@ -1,7 +1,8 @@
 """Upstream kinds: what is immutable, what hash an upstream declares, how to route.
 
 One module per kind (`apt`, `pypi`, `snap`, `generic`) holds the kind's rules;
-`router` maps a request target to an upstream and a canonical cache key.
+`git` holds git smart HTTP's, on any host; `router` maps a request target to an
+upstream and a canonical cache key.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 
 from ..models import ArtifactKind
-from . import apt, generic, pypi, snap
+from . import apt, generic, git, pypi, snap
 
 _VERSIONED = re.compile(r"^(.+?[-_])\d")
 
@@ -30,6 +31,8 @@ def declared_sha256(upstream_kind: str, path: str) -> str | None:
 
 def upstream_request(upstream_kind: str, url: str) -> tuple[str, dict[str, str]]:
     """The URL to fetch for a cache key and the extra headers to send."""
+    if git.is_key(url):
+        return git.upstream_request(url)
     if upstream_kind == "pypi":
         return pypi.upstream_request(url)
     if upstream_kind == "snap":

@@ -37,10 +37,21 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/_cachesrv/{tail:.*}", _fallback)
 
 
+async def ca_certificate(request: web.Request) -> web.Response:
+    """The local CA's certificate (public), for clients of a shared mirror to trust;
+    `cachesrv wrap --server` fetches it. The key is never served."""
+    return web.Response(
+        body=request.app[STATE].ca.pem(),
+        content_type="application/x-pem-file",
+        headers={"Content-Disposition": 'attachment; filename="cachesrv-ca.pem"'},
+    )
+
+
 def _routes() -> list[tuple[str, str, Handler]]:
     return [
         ("GET", "/_cachesrv/status", status_page),
         ("GET", "/metrics", metrics),
+        ("GET", "/_cachesrv/ca.pem", ca_certificate),
         ("GET", f"{API}/stats", stats),
         ("GET", f"{API}/misses", misses),
         ("GET", f"{API}/seeds", seeds),

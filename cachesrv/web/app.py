@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..store import Store
+from ..upstreams import git
 from . import api
 from .keys import CLEAN_TMP, CONFIG, STATE, STRICT
 from .middleware import errors_middleware
@@ -25,7 +26,8 @@ def make_app(config: Config, *, strict: bool = False, clean_tmp: bool = True) ->
 
     `strict` (offline only) serves a `/@seed/` request only from that seed's entries.
     """
-    app = web.Application(middlewares=[errors_middleware])
+    # Request bodies: snap refresh actions and git upload-pack requests (wants, haves).
+    app = web.Application(middlewares=[errors_middleware], client_max_size=git.MAX_REQUEST)
     app[CONFIG] = config
     app[STRICT] = strict
     app[CLEAN_TMP] = clean_tmp

@@ -6,6 +6,7 @@ from aiohttp import hdrs, web
 
 from ..errors import CachesrvError, MethodNotAllowed
 from ..source import Generated, Outcome, Request, Stored, Streaming
+from ..upstreams import git
 from .keys import STATE
 from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM
 from .sendfile import BlobResponse
@@ -19,8 +20,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     # CONNECT tunnel, the https:// URL: target.py).
     route = state.router.resolve(request_target(request, state.tunnels))
     body = None
-    if request.method == hdrs.METH_POST and route.upstream.kind == "snap":
-        # The snap store API answers refresh actions to POSTs (see snapstore.py).
+    if request.method == hdrs.METH_POST and (
+        route.upstream.kind == "snap" or git.endpoint(route.path) == "upload-pack"
+    ):
+        # The snap store API answers refresh actions to POSTs (see snapstore.py), git
+        # upload-pack its requests (githttp.py). aiohttp has undone any gzip encoding.
         body = await request.read()
     elif request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
         raise MethodNotAllowed(f"{request.method} is not supported; cachesrv serves GET and HEAD")
