@@ -1,8 +1,8 @@
 """The command line (typer): parse, call, map errors to exit codes.
 
 Errors exit non-zero with one line on stderr; `--debug` shows the traceback.
-Commands live in `commands` (serve, misses, stats, fsck, prefetch, wrap), `seed`
-and `snap`; importing them registers them on the apps in `common`.
+Commands live in `commands` (serve, misses, stats, fsck, prefetch, wrap), `seed`,
+`snap` and `ca`; importing them registers them on the apps in `common`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import sys
 import typer
 
 from ..errors import CachesrvError
-from . import commands, seed, snap
+from . import ca, commands, seed, snap
 from .common import app, flags, parse_when, seed_app, snap_app
 
 __all__ = [
     "app",
+    "ca",
     "commands",
     "main",
     "parse_when",

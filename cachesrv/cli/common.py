@@ -32,6 +32,11 @@ snap_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(snap_app, name="snap")
+ca_app = typer.Typer(
+    help="The local CA for HTTPS interception: init, show, cert (the PEM to trust).",
+    no_args_is_help=True,
+)
+app.add_typer(ca_app, name="ca")
 
 ConfigOpt = Annotated[
     Path | None,
