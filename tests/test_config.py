@@ -9,6 +9,7 @@ import pytest
 
 from cachesrv.config import (
     _SERVER_KEYS,
+    _TLS_KEYS,
     _UPSTREAM_KEYS,
     DEFAULT_UPSTREAMS,
     load_config,
@@ -25,7 +26,8 @@ def test_every_key_is_documented_in_the_reference_config() -> None:
     assert set(doc["server"]) == _SERVER_KEYS
     documented = set().union(*(set(t) for t in doc["upstreams"].values()))
     assert documented == _UPSTREAM_KEYS
-    for key in _SERVER_KEYS | _UPSTREAM_KEYS:
+    assert set(doc["tls"]) == _TLS_KEYS
+    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS:
         assert "# " in REFERENCE.read_text() and key in REFERENCE.read_text()
     # The reference file itself is valid and its upstreams are the built-in defaults.
     config = parse_config(doc, source=str(REFERENCE))
@@ -69,6 +71,10 @@ def test_store_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('[upstreams.x]\nurl = "ftp://h/x"\n', "upstreams.x.url"),
         ('[upstreams.x]\nurl = "http://h"\nfile_hosts = "h"\n', "upstreams.x.file_hosts"),
         ('[upstreams."a/b"]\nurl = "http://h"\n', "upstreams.a/b"),
+        ("[tls]\nbogus = 1\n", "tls.bogus"),
+        ('[tls]\nintercept = "h"\n', "tls.intercept"),
+        ('[tls]\nintercept = ["https://h/x"]\n', "tls.intercept"),
+        ("[tls]\nca_dir = 3\n", "tls.ca_dir"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -92,3 +98,20 @@ def test_a_file_with_upstreams_replaces_the_defaults(tmp_path: Path) -> None:
     config = load_config(path, store=tmp_path)
     assert list(config.upstreams) == ["mine"]
     assert config.upstreams["mine"].url == "http://127.0.0.1:9/debian"
+
+
+def test_tls_keys_and_their_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[tls]\nintercept = ["*.Example.org", "git.example.org:8443"]\n'
+        'upstream_ca = "/etc/extra.pem"\n'
+    )
+    config = load_config(path, store=tmp_path / "s")
+    assert config.ca_dir == tmp_path / "s" / "tls"  # the default: inside the store
+    assert config.tls.upstream_ca == Path("/etc/extra.pem")
+    assert config.tls.intercepts("a.example.org")
+    assert config.tls.intercepts("git.example.org:8443")
+    assert not config.tls.intercepts("a.example.org:8443")  # other ports must be named
+    assert not config.tls.intercepts("example.net")
+    assert not config.tls.any_host
+    assert config.with_overrides(any_host=True).tls.intercepts("example.net")

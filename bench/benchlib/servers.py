@@ -59,8 +59,8 @@ http {{
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
     server {{
-        listen 127.0.0.1:{port} backlog=4096{reuseport};
-        root {root};
+        listen 127.0.0.1:{port}{ssl} backlog=4096{reuseport};
+        root {root};{tls}
     }}
 }}
 """
@@ -75,7 +75,9 @@ def start_nginx(
     cpus: str | None,
     workers: int = 1,
     access_log: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Server:
+    """nginx serving `root` on 127.0.0.1; over TLS with `tls` = (cert chain, key) PEMs."""
     d = workdir / name
     (d / "tmp").mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
@@ -90,6 +92,12 @@ def start_nginx(
             # Several workers: one listening socket each, so the kernel spreads the
             # connections (with one shared socket, one worker takes nearly all of wrk's).
             reuseport=" reuseport" if workers > 1 else "",
+            ssl=" ssl" if tls else "",
+            tls=(
+                f"\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};"
+                if tls
+                else ""
+            ),
         )
         (d / "nginx.conf").write_text(conf)
         proc = pg.start(
