@@ -63,13 +63,10 @@ class GitSmartHttp:
 
 def _miss_message(exc: NotCached, url: str) -> str:
     d = exc.diagnosis
-    repo = git.repository(url)
-    seed = f" --seed {d.seed}" if d.seed else ""
     return (
-        f"Not in offline seed: git repository {repo} ({d.reason.value}"
+        f"Not in offline seed: git repository {git.repository(url)} ({d.reason.value}"
         + (f", seed {d.seed}" if d.seed else "")
-        + f"). Record it online: cachesrv wrap{seed} -- git clone {repo}, "
-        "then seed export/import"
+        + f"). Record it online: {git.record_command(url, d.seed)}, then seed export/import"
     )
 
 

@@ -14,6 +14,7 @@ from .models import CacheKey, Diagnosis, Entry, MissReason
 from .source import Answer, Outcome, Request, Stored
 from .store import Store
 from .upstreams import package_prefix
+from .upstreams.router import INTERCEPT
 
 
 class OfflineSource:
@@ -76,8 +77,17 @@ class OfflineSource:
 
 def fix_commands(key: CacheKey, seed: str | None) -> tuple[str, ...]:
     seed_opt = f" --seed {seed}" if seed else ""
+    if key.upstream == INTERCEPT:
+        # A host outside the upstreams: recorded by a wrapped build, or by prefetch once
+        # the host is in [tls] intercept.
+        fetch = (
+            f"cachesrv wrap{seed_opt} -- curl -fLO {key.url}    # on the online side "
+            f"(or add the host to [tls] intercept, then cachesrv prefetch{seed_opt} URL)"
+        )
+    else:
+        fetch = f"cachesrv prefetch{seed_opt} {key.url}    # on the online side"
     return (
-        f"cachesrv prefetch{seed_opt} {key.url}    # on the online side",
+        fetch,
         f"cachesrv seed export{seed_opt} /media/usb/seed    # then carry it here",
         "cachesrv seed import /media/usb/seed    # here, then ask again",
     )

@@ -6,13 +6,14 @@ import asyncio
 from dataclasses import dataclass, field
 
 from .config import Config
-from .errors import CachesrvError
+from .errors import BadRequest, CachesrvError
 from .fetch import make_session
 from .metrics import Metrics
 from .progress import progress
 from .source import Outcome, Request, Stored
 from .sources import online_source
 from .store import Store
+from .upstreams import git
 from .upstreams.router import Router
 
 
@@ -47,6 +48,11 @@ async def prefetch(
                     async with limit:
                         try:
                             route = router.resolve(_as_target(url, seed))
+                            if git.endpoint(route.path.split("#", 1)[0]) is not None:
+                                raise BadRequest(
+                                    "git exchanges cannot be prefetched; record the clone: "
+                                    + git.record_command(url, seed)
+                                )
                             answer = await source.open(Request(route=route, needs_complete=True))
                         except CachesrvError as exc:
                             report.failed.append((url, str(exc)))

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import ConfigError
 from ..models import Mode
+from ..upstreams import git
 from .common import ConfigOpt, StoreOpt, app, config_for, open_store, parse_when, run_async
 
 # -- serve ----------------------------------------------------------------
@@ -72,7 +73,11 @@ def misses(
         str, typer.Option("--format", "-f", help="table, urls (input for prefetch @FILE) or json.")
     ] = "table",
 ) -> None:
-    """What offline clients asked for and did not get."""
+    """What offline clients asked for and did not get.
+
+    With --format urls, one URL a line (input for `prefetch @FILE`); git clones, which
+    cannot be prefetched, follow as `#` comments naming the command that records them.
+    """
     if format not in ("table", "urls", "json"):
         raise ConfigError(f"--format must be table, urls or json, not {format!r}")
     st = open_store(config, store)
@@ -81,8 +86,15 @@ def misses(
     finally:
         st.close()
     if format == "urls":
+        clones = set()
         for r in rows:
-            typer.echo(r["key"])
+            if git.is_key(r["key"]):
+                # Not a URL prefetch can fetch: say how to record it, as a comment.
+                clones.add(git.record_command(r["key"], r["seed"]))
+            else:
+                typer.echo(r["key"])
+        for command in sorted(clones):
+            typer.echo(f"# git: {command}")
     elif format == "json":
         typer.echo(json.dumps(rows, indent=2))
     else:

@@ -92,6 +92,13 @@ def repository(url: str) -> str:
     return plain
 
 
+def record_command(url: str, seed: str | None) -> str:
+    """How to record a git exchange: run the clone (a `prefetch` cannot: the requests
+    a clone sends depend on what it finds)."""
+    seed_opt = f" --seed {seed}" if seed else ""
+    return f"cachesrv wrap{seed_opt} -- git clone {repository(url)}"
+
+
 def normalise(body: bytes) -> bytes:
     """The request's pkt-lines without the client-specific ones (see module doc)."""
     out = bytearray()
