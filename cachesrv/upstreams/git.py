@@ -25,6 +25,7 @@ Offline misses are told in the two forms git shows a user: a `text/plain` error 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Literal
 
 from ..errors import BadRequest
@@ -37,6 +38,7 @@ PROTOCOL_HEADER = "Git-Protocol"
 #: Longest request body read from a git client (wants and haves of a big fetch).
 MAX_REQUEST = 32 * 1024 * 1024
 _CLIENT_SPECIFIC = (b"agent=", b"session-id=")
+_LENGTH = re.compile(rb"[0-9a-fA-F]{4}")
 
 Endpoint = Literal["refs", "upload-pack", "receive-pack"]
 
@@ -49,9 +51,10 @@ def endpoint(path: str) -> Endpoint | None:
             return "refs"
         if query == "service=git-receive-pack":
             return "receive-pack"
-    if plain.endswith("git-upload-pack") and not query:
+    last = plain.rsplit("/", 1)[-1]
+    if last == "git-upload-pack" and not query:
         return "upload-pack"
-    if plain.endswith("git-receive-pack") and not query:
+    if last == "git-receive-pack" and not query:
         return "receive-pack"
     return None
 
@@ -123,10 +126,7 @@ def packets(body: bytes) -> list[tuple[str, bytes]]:
     at = 0
     while at < len(body):
         head = body[at : at + 4]
-        try:
-            size = int(head, 16) if len(head) == 4 else -1
-        except ValueError:
-            size = -1
+        size = int(head, 16) if _LENGTH.fullmatch(head) else -1
         if size < 0 or size == 3 or (size > 4 and at + size > len(body)):
             raise BadRequest(f"not a git pkt-line request body (bad length at byte {at})")
         if size < 4:

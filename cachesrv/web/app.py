@@ -15,7 +15,7 @@ from ..upstreams import git
 from . import api
 from .keys import CLEAN_TMP, CONFIG, STATE, STRICT
 from .middleware import errors_middleware
-from .proxy import proxy
+from .proxy import proxy, proxy_requests
 from .state import ServerState
 
 log = logging.getLogger("cachesrv.web")
@@ -27,7 +27,9 @@ def make_app(config: Config, *, strict: bool = False, clean_tmp: bool = True) ->
     `strict` (offline only) serves a `/@seed/` request only from that seed's entries.
     """
     # Request bodies: snap refresh actions and git upload-pack requests (wants, haves).
-    app = web.Application(middlewares=[errors_middleware], client_max_size=git.MAX_REQUEST)
+    app = web.Application(
+        middlewares=[errors_middleware, proxy_requests], client_max_size=git.MAX_REQUEST
+    )
     app[CONFIG] = config
     app[STRICT] = strict
     app[CLEAN_TMP] = clean_tmp

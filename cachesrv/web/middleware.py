@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import (
@@ -28,8 +28,8 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..source import Outcome
-from .connect import connect
 from .keys import STATE
+from .target import names_this_server
 
 log = logging.getLogger("cachesrv.web")
 
@@ -44,9 +44,6 @@ INTERNAL_PREFIX = "/_cachesrv/"
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.method == hdrs.METH_CONNECT:
-            # Its target is an authority, not a path: no route matches it.
-            return await connect(request)
         return await handler(request)
     except NotCached as exc:
         request[OUTCOME] = Outcome.OFFLINE_MISS
@@ -64,10 +61,22 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             request.app[STATE].metrics.count(outcome, request.get(UPSTREAM, ""))
 
 
-def is_internal(request: web.BaseRequest) -> bool:
+def is_internal(request: web.Request) -> bool:
     """Whether the request is for cachesrv's own pages rather than an upstream."""
+    if is_proxy_request(request):
+        return False
     path = request.path
     return path == "/metrics" or path.startswith(INTERNAL_PREFIX)
+
+
+def is_proxy_request(request: web.Request) -> bool:
+    """A request in proxy form (an absolute URL of another host) or inside a CONNECT
+    tunnel: its path is the upstream's, whatever it looks like (`/metrics` is an
+    upstream's too). An absolute URL naming this server is the path it names."""
+    target = request.raw_path
+    if target.startswith("/"):
+        return request.protocol in request.app[STATE].tunnels
+    return not names_this_server(request, target)
 
 
 def outcome_of(exc: CachesrvError) -> Outcome:

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
 from ..errors import CachesrvError, MethodNotAllowed
 from ..source import Generated, Outcome, Request, Stored, Streaming
 from ..upstreams import git
+from .connect import connect
 from .keys import STATE
-from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM
+from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM, is_proxy_request
 from .sendfile import BlobResponse
 from .target import request_target
+
+
+@web.middleware
+async def proxy_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Proxy-form requests, CONNECT and requests inside a tunnel go to the proxy
+    whatever their path: routing by path would send an upstream's `/metrics` or
+    `/_cachesrv/...` to cachesrv's own pages. A CONNECT target is an authority,
+    which no route matches anyway."""
+    if request.method == hdrs.METH_CONNECT:
+        return await connect(request)
+    if is_proxy_request(request):
+        return await proxy(request)
+    return await handler(request)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:

@@ -101,6 +101,11 @@ def with_seed(target: str, seed: str) -> str:
     return f"/@{seed}/{scheme}://{rest}"
 
 
+def names_this_server(request: web.BaseRequest, target: str) -> bool:
+    """Whether an absolute-form target names the address the request arrived on."""
+    return _own_origin_form(request, target) != target
+
+
 def _own_origin_form(request: web.BaseRequest, target: str) -> str:
     scheme, sep, rest = target.partition("://")
     if not sep or scheme.lower() != "http":
