@@ -29,9 +29,10 @@ def ca_init(config: ConfigOpt = None, store: StoreOpt = None) -> None:
 
 @ca_app.command("show")
 def ca_show(config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Print the CA's subject, fingerprint, validity and where its files are."""
+    """Print the CA's subject, fingerprint, validity and where its files are (making
+    the CA first if there is none)."""
     cfg = config_for(config, store)
-    info = LocalCA.load(cfg.ca_dir).summary()
+    info = LocalCA.ensure(cfg.ca_dir).summary()
     typer.echo(f"subject:     {info.subject}")
     typer.echo(f"sha256:      {info.sha256_fingerprint}")
     typer.echo(f"valid:       {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d}")
@@ -41,6 +42,7 @@ def ca_show(config: ConfigOpt = None, store: StoreOpt = None) -> None:
 
 @ca_app.command("cert")
 def ca_cert(config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Print the CA certificate (PEM) that clients must trust; never the key."""
+    """Print the CA certificate (PEM) that clients must trust; never the key. The CA
+    is made first if there is none, so this can run before the server ever has."""
     cfg = config_for(config, store)
-    sys.stdout.buffer.write(LocalCA.load(cfg.ca_dir).pem())
+    sys.stdout.buffer.write(LocalCA.ensure(cfg.ca_dir).pem())
