@@ -55,8 +55,10 @@ WORK_PREFIX = "cachesrv-https-bench-"
 FILE = "bench.tar.gz"
 
 DIRECT, COLD, WARM, PLAIN = "direct", "cold", "warm", "plain"
+PLAIN_COLD = "plain-cold"
 PHASES = {
     DIRECT: "direct: curl -> TLS upstream",
+    PLAIN_COLD: "cachesrv cold, plain http (/HTTPS///...): fetch over TLS, record",
     COLD: "cachesrv cold: CONNECT, fetch over TLS, record",
     WARM: "cachesrv warm: hit inside the CONNECT tunnel",
     PLAIN: "cachesrv warm, plain http (/HTTPS///...)",
@@ -337,7 +339,7 @@ class Bench:
         if phase in (COLD, WARM):
             assert server is not None
             cacert, proxy = self.store / "tls" / "ca.pem", server.port
-        elif phase == PLAIN:
+        elif phase in (PLAIN, PLAIN_COLD):
             assert server is not None
             url, cacert = f"http://127.0.0.1:{server.port}/HTTPS///127.0.0.1:{up}/{FILE}", None
         body = self.work / f"body-{phase}" if rep is None else None
@@ -371,13 +373,19 @@ class Bench:
 
     def rep(self, rep: int | None) -> None:
         self.one(DIRECT, rep, None)
+        # A fresh store for each cold phase: plain http first (the cost of recording
+        # without TLS to the client), then the tunnel, then the hits.
+        for phases in ((PLAIN_COLD,), (COLD, WARM, PLAIN)):
+            self.with_server(rep, phases)
+
+    def with_server(self, rep: int | None, phases: tuple[str, ...]) -> None:
         server, self.store = start_cachesrv(
             self.pg, self.args.cachesrv, self.work, self.starts, self.upstream.port,
             self.upstream_ca,
         )  # fmt: skip
         self.starts += 1
         try:
-            for phase in (COLD, WARM, PLAIN):
+            for phase in phases:
                 self.one(phase, rep, server)
         finally:
             self.pg.stop(server.proc)  # SIGTERM to its process group, SIGKILL if it hangs
