@@ -58,14 +58,26 @@ async def connect(request: web.Request) -> web.StreamResponse:
     state.tunnels[inner] = tunnel
     protocol = _TunnelProtocol(inner, lambda: state.tunnels.pop(inner, None))
     transport.write(ESTABLISHED)
-    try:
-        tls = await loop.start_tls(
+    # Bytes the client sent right behind the CONNECT (a ClientHello that did not wait
+    # for our 200): aiohttp's parser kept them aside, as after any upgrade.
+    early = bytes(getattr(outer, "_message_tail", b""))
+    handshake = asyncio.ensure_future(
+        loop.start_tls(
             transport,
             protocol,
             context,
             server_side=True,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
         )
+    )
+    if early:
+        # One turn lets start_tls put its TLS protocol on the transport and queue its
+        # connection_made; feeding the early bytes is queued behind that, and before
+        # any read from the socket (reads happen after the queued callbacks).
+        await asyncio.sleep(0)
+        loop.call_soon(_feed, transport.get_protocol(), early)
+    try:
+        tls = await handshake
     except (TimeoutError, ssl.SSLError, OSError) as exc:
         # Most often the client does not trust the CA (docs/https.md says how to).
         log.warning("CONNECT %s:%d: TLS handshake failed: %s", host, port, exc)
@@ -82,6 +94,20 @@ async def connect(request: web.Request) -> web.StreamResponse:
         protocol.connection_made(tls)
     # Never sent (the old handler has no transport): it only ends that handler's turn.
     return web.Response(status=200)
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand `data` to a protocol as if read from its transport."""
+    if isinstance(protocol, asyncio.BufferedProtocol) or hasattr(protocol, "buffer_updated"):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(protocol.get_buffer(len(view)))  # type: ignore[attr-defined]
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+    else:
+        protocol.data_received(data)  # type: ignore[attr-defined]
 
 
 class _TunnelProtocol(asyncio.Protocol):

@@ -424,3 +424,66 @@ def test_offline_miss_through_a_tunnel(start_proxy: StartProxy, up: FakeTlsUpstr
     misses = run_cli("misses", "--format", "urls", "--store", proxy.store).stdout
     assert misses.splitlines() == [url]
     assert up.count() == 0
+
+
+def _early_hello_handshake(port: int, authority: str, cafile: Path) -> bytes:
+    """CONNECT with the TLS ClientHello in the same write (not waiting for the 200),
+    then finish the handshake and GET `/small`; the answer's head."""
+    host = authority.rsplit(":", 1)[0]
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=host)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    connect = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(connect + outgoing.read())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        incoming.write(rest)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(
+            f"GET /{SMALL} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+        )
+        sock.sendall(outgoing.read())
+        answer = b""
+        while not _complete(answer):
+            try:
+                chunk = tls.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                incoming.write(chunk)
+                continue
+            assert chunk, answer
+            answer += chunk
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    (parsed,) = parse_heads(head + sep)
+    return len(body) >= int(parsed.headers.get("content-length", "0"))
+
+
+def test_a_client_hello_sent_with_the_connect_is_not_lost(
+    start_proxy: StartProxy, up: FakeTlsUpstream
+) -> None:
+    proxy = start_proxy({"files": ("generic", up.url)})
+    answer = _early_hello_handshake(proxy.srv.port, f"127.0.0.1:{up.port}", proxy.cacert)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == SMALL_DATA
