@@ -57,10 +57,6 @@ async def connect(request: web.Request) -> web.StreamResponse:
     tunnel = Tunnel(host, port, seed)
     state.tunnels[inner] = tunnel
     protocol = _TunnelProtocol(inner, lambda: state.tunnels.pop(inner, None))
-    transport.write(ESTABLISHED)
-    # Bytes the client sent right behind the CONNECT (a ClientHello that did not wait
-    # for our 200): aiohttp's parser kept them aside, as after any upgrade.
-    early = bytes(getattr(outer, "_message_tail", b""))
     handshake = asyncio.ensure_future(
         loop.start_tls(
             transport,
@@ -70,12 +66,17 @@ async def connect(request: web.Request) -> web.StreamResponse:
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
         )
     )
-    if early:
-        # One turn lets start_tls put its TLS protocol on the transport and queue its
-        # connection_made; feeding the early bytes is queued behind that, and before
-        # any read from the socket (reads happen after the queued callbacks).
-        await asyncio.sleep(0)
+    # One turn lets start_tls take the transport (reading paused, its TLS protocol
+    # installed, connection_made queued). Only then is the 200 written: the client's
+    # ClientHello, sent when it reads the 200, cannot reach aiohttp's protocol instead.
+    await asyncio.sleep(0)
+    # Bytes a client sent right behind the CONNECT without waiting for the 200 (an
+    # early ClientHello) were kept aside by aiohttp's parser, as after any upgrade:
+    # they are fed to the handshake, queued behind its connection_made.
+    early = bytes(getattr(outer, "_message_tail", b""))
+    if early and not handshake.done():
         loop.call_soon(_feed, transport.get_protocol(), early)
+    transport.write(ESTABLISHED)
     try:
         tls = await handshake
     except (TimeoutError, ssl.SSLError, OSError) as exc:
