@@ -72,6 +72,21 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class StoreLimits:
+    """`[store]`: how big the store may grow (docs/operations.md, "Disk space")."""
+
+    #: Bytes of blobs the store may hold; None: no limit but the disk.
+    max_size: int | None = None
+    #: Disk space to keep free: bytes, or a fraction of the filesystem (0.01 = 1%).
+    min_free: int | float = 0.01
+
+    def min_free_bytes(self, filesystem_bytes: int) -> int:
+        if isinstance(self.min_free, float):
+            return int(self.min_free * filesystem_bytes)
+        return self.min_free
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """`[tls]`: HTTPS interception (docs/https.md)."""
 
@@ -101,6 +116,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     source: str | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: StoreLimits = field(default_factory=StoreLimits)
 
     def with_overrides(
         self,
@@ -162,6 +178,9 @@ _SERVER_KEYS = {
 }
 _UPSTREAM_KEYS = {"kind", "url", "file_hosts", "assertions_url"}
 _TLS_KEYS = {"ca_dir", "intercept", "upstream_ca"}
+_STORE_KEYS = {"max_size", "min_free"}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 _INTERCEPT = re.compile(r"[a-z0-9*?.\[\]-]+(:[0-9]{1,5})?")
 
 
@@ -197,7 +216,7 @@ def load_config(path: Path | None = None, *, store: Path | None = None) -> Confi
 
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:
     """Validate a parsed TOML document; every error names the file and key."""
-    unknown = set(raw) - {"server", "upstreams", "tls"}
+    unknown = set(raw) - {"server", "upstreams", "tls", "store"}
     if unknown:
         raise ConfigError(f"unknown table {sorted(unknown)[0]!r}", file=source)
     server_raw = _table(raw.get("server", {}), source, "server")
@@ -252,7 +271,55 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
         for name, t in ups_raw.items()
     }
     tls = _tls(_table(raw.get("tls", {}), source, "tls"), source)
-    return Config(server=server, upstreams=upstreams, source=source, tls=tls)
+    limits = _limits(_table(raw.get("store", {}), source, "store"), source)
+    return Config(server=server, upstreams=upstreams, source=source, tls=tls, limits=limits)
+
+
+def parse_size(text: str | int) -> int:
+    """`"200GiB"`, `"1.5 TB"`, `"512MiB"`, `4096` -> bytes (KiB = 1024, kB = 1000)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
+    m = _SIZE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 200GiB, 500MB, 1073741824)")
+    unit = m.group(2).lower()
+    binary = "i" in unit
+    base = unit.replace("i", "").replace("b", "")
+    if binary and not base:
+        raise ValueError(f"not a size: {text!r}")
+    mult = 1024 ** ("kmgtp".index(base) + 1) if binary else _UNITS[base]
+    return int(float(m.group(1)) * mult)
+
+
+def _limits(t: Mapping[str, Any], source: str | None) -> StoreLimits:
+    bad = set(t) - _STORE_KEYS
+    if bad:
+        raise ConfigError("unknown key", file=source, key=f"store.{sorted(bad)[0]}")
+    limits = StoreLimits()
+    if "max_size" in t:
+        try:
+            limits = replace(limits, max_size=parse_size(t["max_size"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=source, key="store.max_size") from None
+    if "min_free" in t:
+        value = t["min_free"]
+        try:
+            if isinstance(value, str) and value.strip().endswith("%"):
+                pct = float(value.strip()[:-1])
+                if not 0 <= pct < 100:
+                    raise ValueError("a percentage between 0 and 100")
+                limits = replace(limits, min_free=pct / 100)
+            else:
+                limits = replace(limits, min_free=parse_size(value))
+        except ValueError as exc:
+            raise ConfigError(
+                f"must be a size such as \"5GiB\" or a share such as \"5%\" ({exc})",
+                file=source,
+                key="store.min_free",
+            ) from None
+    return limits
 
 
 def _tls(t: Mapping[str, Any], source: str | None) -> TlsConfig:

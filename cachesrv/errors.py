@@ -129,6 +129,14 @@ class IntegrityError(UpstreamError):
     reason = "Upstream body failed hash check"
 
 
+class InsufficientStorage(CachesrvError):
+    """A body cannot fit in the store (`max_size`, `min_free`, a full disk); nothing
+    partial is kept. The message says what is full, what is needed, and what frees it."""
+
+    status = 507
+    reason = "Insufficient Storage"
+
+
 class StoreError(CachesrvError):
     """The store on disk is unusable or inconsistent."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import ssl
@@ -30,6 +31,7 @@ from .config import Config
 from .errors import (
     CachesrvError,
     ConfigError,
+    InsufficientStorage,
     IntegrityError,
     UpstreamError,
     UpstreamStatus,
@@ -96,6 +98,7 @@ class Flight:
         url = self.route.url
         name = self.route.upstream.name
         writer = None
+        reservation = None
         src.metrics.in_flight.inc()
         try:
             expected = await src.expected_hash(self.route)
@@ -113,6 +116,12 @@ class Flight:
                     raise UpstreamError(name, url, f"answered {resp.status} {resp.reason or ''}")
                 if resp.status != 200:
                     raise UpstreamStatus(name, url, resp.status, resp.reason or "")
+                # Room is made (or 507 answered) before a byte is streamed, when the size
+                # is declared; an undeclared size is reserved once the body is complete.
+                lifecycle = src.store.lifecycle
+                reservation = await src.store.index.run(
+                    lifecycle.make_room, resp.content_length or 0
+                )
                 writer = src.store.blobs.writer(
                     expected.algorithm if expected and expected.algorithm != "sha256" else None
                 )
@@ -127,11 +136,17 @@ class Flight:
                     # Hashing and writing happen off the loop; both release the GIL.
                     await loop.run_in_executor(None, writer.write, chunk)
                     self.written += len(chunk)
+                    reservation.written = self.written
                     src.metrics.bytes_fetched.labels(name).inc(len(chunk))
                     self._notify()
             if self.content_length is not None and writer.size != self.content_length:
                 raise UpstreamError(
                     name, url, f"body truncated at {writer.size} of {self.content_length} bytes"
+                )
+            if self.content_length is None:
+                lifecycle.release(reservation)
+                reservation = await src.store.index.run(
+                    lifecycle.make_room, writer.size, writer.size
                 )
             if expected is not None:
                 got = writer.sha256 if expected.algorithm == "sha256" else _hex(writer.extra)
@@ -173,6 +188,8 @@ class Flight:
             if not isinstance(error, UpstreamStatus):
                 log.warning("%s", error)
         finally:
+            if reservation is not None:
+                src.store.lifecycle.release(reservation)
             src.metrics.in_flight.dec()
             if src.flights.get(self.route.url) is self:
                 del src.flights[self.route.url]
@@ -366,6 +383,11 @@ def _upstream_error(exc: BaseException, name: str, url: str) -> CachesrvError:
         return UpstreamTimeout(name, url, "timed out")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamError(name, url, f"body truncated ({exc})")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(
+            f"the disk filled up while recording {url} ({exc.strerror}); nothing was kept. "
+            "Free space with cachesrv gc, or set [store] max_size / min_free"
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return UpstreamError(
             name,

@@ -37,7 +37,7 @@ async def prefetch(
     """Resolve each URL against the configured upstreams and record it."""
     report = PrefetchReport()
     router = Router(config.upstreams, config.server.max_url_length, config.tls)
-    store = Store(config.store)
+    store = Store(config.store, config.limits)
     try:
         async with make_session(config) as session:
             source = online_source(store, session, Metrics())

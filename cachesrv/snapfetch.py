@@ -85,7 +85,7 @@ async def fetch_snap(
     upstream = snap_upstream(config, upstream_name)
     router = Router(config.upstreams, config.server.max_url_length, config.tls)
     prefix = (f"/@{seed}" if seed else "") + f"/{upstream.name}"
-    store = Store(config.store)
+    store = Store(config.store, config.limits)
     report = SnapFetchReport(name)
     try:
         async with make_session(config) as session:
@@ -222,7 +222,7 @@ def snap_files(
     `.snap` is checked against the sha3-384 the store declared before it is written.
     """
     upstream = snap_upstream(config, upstream_name)
-    store = Store(config.store)
+    store = Store(config.store, config.limits)
     try:
         record, fields = _pick_record(store, upstream, name, channel, arch, revision)
         info = record["snap"]

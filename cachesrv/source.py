@@ -31,6 +31,8 @@ class Outcome(enum.Enum):
     OFFLINE_MISS = "offline_miss"
     REFUSED = "refused"
     UPSTREAM_ERROR = "upstream_error"
+    #: A body that could not fit in the store (507, or a recording cut by a full disk).
+    INSUFFICIENT_STORAGE = "insufficient_storage"
     PASSTHROUGH = "passthrough"
 
 

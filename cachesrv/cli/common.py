@@ -92,7 +92,7 @@ def open_store(config: Path | None, store: Path | None) -> Any:
     from ..store import Store
 
     cfg = config_for(config, store)
-    return Store(cfg.store)
+    return Store(cfg.store, cfg.limits)
 
 
 def run_async(coro: Any) -> Any:

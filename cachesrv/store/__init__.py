@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import time
 from pathlib import Path
 
+from ..config import StoreLimits
 from .blobs import BlobStore, BlobWriter
 from .hot import HotCache, HotItem
 from .index import Index
+from .lifecycle import Lifecycle
 
 __all__ = ["BlobStore", "BlobWriter", "HotCache", "HotItem", "Index", "Store"]
+
+log = logging.getLogger("cachesrv.store")
 
 
 class Store:
     """A store directory: `objects/` + `tmp/` + `quarantine/` and `index.sqlite`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: StoreLimits | None = None) -> None:
         self.root = root
         self.blobs = BlobStore(root)
         self.index = Index(root / "index.sqlite")
         self.hot = HotCache()
         self.index.on_change = self.hot.invalidate
+        self.lifecycle = Lifecycle(self.blobs, self.index, limits or StoreLimits())
+        #: Keys served since the last flush, and when: last access is written in
+        #: batches (LRU eviction), never once per hit.
+        self.accessed: dict[str, float] = {}
+
+    def note_access(self, key: str) -> None:
+        self.accessed[key] = time.time()
+
+    def flush_access(self) -> None:
+        """Write the batch of last-access times (on the index thread, under asyncio)."""
+        batch, self.accessed = self.accessed, {}
+        if not batch:
+            return
+        try:
+            self.index.record_access(batch)
+        except sqlite3.OperationalError as exc:  # a full disk must not stop the hits
+            log.warning("cannot record last access of %d entries: %s", len(batch), exc)
 
     def close(self) -> None:
+        self.flush_access()
         self.index.close()

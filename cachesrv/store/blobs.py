@@ -67,7 +67,9 @@ class BlobWriter:
         os.fsync(self.fd)
         os.close(self.fd)
         final = self._store.path(digest)
-        if final.exists():
+        if _touch(final):
+            # Already stored. Its new mtime tells gc and eviction that an entry is about
+            # to reference it (they spare blobs younger than their grace period).
             self.path.unlink(missing_ok=True)
         else:
             if not final.parent.is_dir():
@@ -173,11 +175,21 @@ class BlobStore:
                 final.parent.mkdir(exist_ok=True)
                 dirs.add(self.objects)
             os.replace(src, final)
+            _touch(final)  # staged long ago, perhaps: young again for gc's grace period
             dirs.add(final.parent)
             moved += 1
         for d in sorted(dirs):
             _fsync_dir(d)
         return moved
+
+
+def _touch(path: Path) -> bool:
+    """Set a file's mtime to now; False if there is no such file."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

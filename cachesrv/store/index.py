@@ -97,11 +97,41 @@ def _m003_entries_by_recorded(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX entries_recorded ON entries(recorded)")
 
 
+def _m004_lifecycle(db: sqlite_utils.Database) -> None:
+    """Store lifecycle: when each entry was last served (LRU eviction, written in
+    batches), single-entry pins, and a running total of blob bytes kept by triggers,
+    so a quota check costs one row, not a scan."""
+    db.executescript(
+        """
+        ALTER TABLE entries ADD COLUMN accessed REAL NOT NULL DEFAULT 0;
+        UPDATE entries SET accessed = recorded;
+        CREATE INDEX entries_accessed ON entries(accessed);
+        CREATE TABLE pins (
+            key TEXT PRIMARY KEY,
+            added REAL NOT NULL
+        );
+        CREATE TABLE totals (
+            id INTEGER PRIMARY KEY CHECK (id = 0),
+            blob_bytes INTEGER NOT NULL,
+            blobs INTEGER NOT NULL
+        );
+        INSERT INTO totals SELECT 0, coalesce(sum(size), 0), count(*) FROM blobs;
+        CREATE TRIGGER blobs_added AFTER INSERT ON blobs BEGIN
+            UPDATE totals SET blob_bytes = blob_bytes + NEW.size, blobs = blobs + 1;
+        END;
+        CREATE TRIGGER blobs_removed AFTER DELETE ON blobs BEGIN
+            UPDATE totals SET blob_bytes = blob_bytes - OLD.size, blobs = blobs - 1;
+        END;
+        """
+    )
+
+
 #: Named migrations, applied in order, each once. Append; never edit or reorder.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_declared_hashes", _m002_declared_hashes),
     ("003_entries_by_recorded", _m003_entries_by_recorded),
+    ("004_lifecycle", _m004_lifecycle),
 ]
 
 _ENTRY_COLS = (
@@ -183,8 +213,8 @@ class Index:
                 [entry.digest.hex, entry.size, entry.sha256, entry.recorded],
             )
             self.db.execute(
-                f"INSERT OR REPLACE INTO entries ({_ENTRY_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO entries ({_ENTRY_COLS}, accessed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     entry.key.url,
                     entry.key.upstream,
@@ -197,6 +227,7 @@ class Index:
                     entry.last_modified,
                     entry.recorded,
                     entry.validated,
+                    max(entry.recorded, time.time()),
                 ],
             )
         self.on_change(entry.key.url)
@@ -284,6 +315,9 @@ class Index:
     def referenced_digests(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT digest FROM entries")}
 
+    def is_referenced(self, digest: str) -> bool:
+        return bool(self.db.execute("SELECT 1 FROM entries WHERE digest = ?", [digest]).fetchone())
+
     def stored_keys(self, keys: list[str], seed: str | None = None) -> set[str]:
         """Which of `keys` have a recorded, unquarantined body (and are in `seed`)."""
         found: set[str] = set()
@@ -365,6 +399,117 @@ class Index:
                 "SELECT seed FROM seed_entries WHERE key = ? ORDER BY seed", [url]
             )
         ]
+
+    def delete_seed(self, seed: str) -> int:
+        """Forget a seed; its entries stay (no longer pinned by it). Returns how many
+        entries it had."""
+        with self.db.conn:
+            cur = self.db.execute("DELETE FROM seed_entries WHERE seed = ?", [seed])
+        return cur.rowcount
+
+    # -- lifecycle (store/lifecycle.py) -------------------------------------
+
+    def blob_totals(self) -> tuple[int, int]:
+        """(bytes, count) of the blobs the index knows, from the running total."""
+        row = self.db.execute("SELECT blob_bytes, blobs FROM totals").fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def record_access(self, accessed: dict[str, float]) -> None:
+        """When keys were last served (a batch from `Store.note_access`)."""
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.conn.executemany(
+                "UPDATE entries SET accessed = ? WHERE key = ? AND accessed < ?",
+                [(t, k, t) for k, t in accessed.items()],
+            )
+
+    def pin(self, url: str) -> bool:
+        """Pin one entry against eviction; False if no such entry."""
+        if self.get(url) is None:
+            return False
+        self.db.execute(
+            "INSERT OR IGNORE INTO pins (key, added) VALUES (?, ?)", [url, time.time()]
+        )
+        return True
+
+    def unpin(self, url: str) -> bool:
+        with self.db.conn:
+            cur = self.db.execute("DELETE FROM pins WHERE key = ?", [url])
+        return cur.rowcount > 0
+
+    def pinned_bytes(self) -> int:
+        """Bytes of the blobs that entries in a seed or pinned hold (never evicted)."""
+        row = self.db.execute(
+            "SELECT coalesce(sum(size), 0) FROM blobs WHERE digest IN ("
+            "SELECT digest FROM entries WHERE key IN (SELECT key FROM seed_entries) "
+            "OR key IN (SELECT key FROM pins))"
+        ).fetchone()
+        return int(row[0])
+
+    def evictable_bytes(self) -> int:
+        """Bytes eviction could free: blobs that only unpinned entries reference."""
+        row = self.db.execute(
+            "SELECT coalesce(sum(size), 0) FROM blobs WHERE digest IN "
+            "(SELECT digest FROM entries) AND digest NOT IN (SELECT digest FROM entries "
+            "WHERE key IN (SELECT key FROM seed_entries) OR key IN (SELECT key FROM pins))"
+        ).fetchone()
+        return int(row[0])
+
+    def eviction_candidates(self, limit: int) -> list[tuple[str, int]]:
+        """(key, size) of entries no seed and no pin holds, least recently served first."""
+        return [
+            (r[0], int(r[1]))
+            for r in self.db.execute(
+                "SELECT key, size FROM entries "
+                "WHERE key NOT IN (SELECT key FROM seed_entries) "
+                "AND key NOT IN (SELECT key FROM pins) ORDER BY accessed LIMIT ?",
+                [limit],
+            )
+        ]
+
+    def evict(self, keys: list[str]) -> list[tuple[str, int]]:
+        """Delete these entries (re-checking that nothing pins them now); returns the
+        (digest, size) of blobs that no entry references any more."""
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            digests: set[str] = set()
+            for key in keys:
+                row = self.db.execute(
+                    "DELETE FROM entries WHERE key = ? "
+                    "AND key NOT IN (SELECT key FROM seed_entries) "
+                    "AND key NOT IN (SELECT key FROM pins) RETURNING digest",
+                    [key],
+                ).fetchone()
+                if row:
+                    digests.add(row[0])
+            freed: list[tuple[str, int]] = []
+            for d in sorted(digests):
+                if self.db.execute("SELECT 1 FROM entries WHERE digest = ?", [d]).fetchone():
+                    continue  # another key holds the same body
+                row = self.db.execute("SELECT size FROM blobs WHERE digest = ?", [d]).fetchone()
+                if row is not None:
+                    freed.append((d, int(row[0])))
+        self.on_change(None)
+        return freed
+
+    def unreferenced_blobs(self) -> dict[str, int]:
+        """Blob rows (digest -> size) that no entry references."""
+        return {
+            r[0]: int(r[1])
+            for r in self.db.execute(
+                "SELECT digest, size FROM blobs WHERE digest NOT IN (SELECT digest FROM entries)"
+            )
+        }
+
+    def forget_blobs(self, digests: list[str]) -> None:
+        """Drop the rows of blobs whose files are gone, unless an entry took them again."""
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.conn.executemany(
+                "DELETE FROM blobs WHERE digest = ? "
+                "AND digest NOT IN (SELECT digest FROM entries)",
+                [(d,) for d in digests],
+            )
 
     # -- misses -------------------------------------------------------------
 

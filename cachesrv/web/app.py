@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..config import Config
 from ..store import Store
+from ..store.lifecycle import sweep
 from ..upstreams import git
 from . import api
 from .keys import CLEAN_TMP, CONFIG, STATE, STRICT
@@ -19,6 +21,9 @@ from .proxy import proxy, proxy_requests
 from .state import ServerState
 
 log = logging.getLogger("cachesrv.web")
+
+#: Seconds between writes of the last-access batch.
+ACCESS_FLUSH = 10.0
 
 
 def make_app(config: Config, *, strict: bool = False, clean_tmp: bool = True) -> web.Application:
@@ -41,7 +46,7 @@ def make_app(config: Config, *, strict: bool = False, clean_tmp: bool = True) ->
 
 async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = Store(config.store)
+    store = Store(config.store, config.limits)
     # With several workers, only the parent may clean tmp/: a worker would delete
     # another worker's write in progress.
     removed = store.blobs.clean_tmp() if app[CLEAN_TMP] else 0
@@ -54,17 +59,32 @@ async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    await state.store.index.run(state.store.flush_access)
     await state.close()
 
 
 async def _watch_index(state: ServerState, every: float = 1.0) -> None:
-    """Drop the hot-entry cache when another process (fsck, seed import, another
-    worker) commits to the index; this process's own writes invalidate by key."""
-    index = state.store.index
+    """Housekeeping, once a second:
+    - drop the hot-entry cache when another process (fsck, seed import, another
+      worker) commits to the index; this process's own writes invalidate by key;
+    - every `ACCESS_FLUSH` seconds, write the batch of last-access times;
+    - some time after evictions, sweep unreferenced blobs (`lifecycle.collect`)."""
+    store = state.store
+    index = store.index
     last = await index.run(index.data_version)
+    flushed = time.monotonic()
     while True:
         await asyncio.sleep(every)
+        if time.monotonic() - flushed >= ACCESS_FLUSH:
+            await index.run(store.flush_access)
+            flushed = time.monotonic()
         version = await index.run(index.data_version)
         if version != last:
-            state.store.hot.invalidate()
+            store.hot.invalidate()
             last = version
+        if store.lifecycle.wants_sweep(time.time()):
+            store.lifecycle.last_sweep = time.time()
+            report = await asyncio.get_running_loop().run_in_executor(None, sweep, store.root)
+            store.lifecycle.counters.gc_runs += 1
+            store.lifecycle.counters.gc_freed_bytes += report.freed
+            log.info("%s (after evictions)", report.summary())

@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from ..errors import (
     CachesrvError,
+    InsufficientStorage,
     MethodNotAllowed,
     NotCached,
     Unauthorized,
@@ -84,6 +85,8 @@ def outcome_of(exc: CachesrvError) -> Outcome:
     or cachesrv refused the request (not a configured upstream, bad URL, method)."""
     if isinstance(exc, NotCached):
         return Outcome.OFFLINE_MISS
+    if isinstance(exc, InsufficientStorage):
+        return Outcome.INSUFFICIENT_STORAGE
     if isinstance(exc, UpstreamError):
         return Outcome.UPSTREAM_ERROR
     if isinstance(exc, UpstreamStatus):

@@ -6,11 +6,11 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from ..errors import CachesrvError, MethodNotAllowed
-from ..source import Generated, Outcome, Request, Stored, Streaming
+from ..source import Generated, Request, Stored, Streaming
 from ..upstreams import git
 from .connect import connect
 from .keys import STATE
-from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM, is_proxy_request
+from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM, is_proxy_request, outcome_of
 from .sendfile import BlobResponse
 from .target import request_target
 
@@ -56,6 +56,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     answer = await state.source.open(ask)
     request[OUTCOME] = answer.outcome  # counted by the middleware, logged by the access log
     if isinstance(answer, Stored):
+        state.store.note_access(answer.entry.key.url)  # LRU order, written in batches
         if answer.hot is not None and answer.hot.body is not None and not _conditional(request):
             return serve_from_memory(answer)
         return serve_stored(answer)
@@ -136,8 +137,8 @@ async def serve_streaming(request: web.Request, answer: Streaming) -> web.Stream
     try:
         async for chunk in flight.body():
             await resp.write(chunk)
-    except CachesrvError:
-        request[OUTCOME] = Outcome.UPSTREAM_ERROR
+    except CachesrvError as exc:
+        request[OUTCOME] = outcome_of(exc)
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError("upstream body failed; connection cut") from None

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import blake3
+import sqlite_utils
 
 from cachesrv.models import ArtifactKind, CacheKey, Entry, MissReason
 from cachesrv.store import Store
@@ -98,14 +99,25 @@ def test_index_entries_seeds_misses_and_nearest(tmp_path: Path) -> None:
 
 
 def test_an_older_index_is_upgraded_by_the_missing_migrations(tmp_path: Path) -> None:
-    idx = Index(tmp_path / "index.sqlite")
-    # Make it look like a store written before the last migration existed.
-    last = MIGRATIONS[-1][0]
-    idx.db.execute("DROP INDEX IF EXISTS entries_recorded")
-    idx.db.execute("DELETE FROM migrations WHERE name = ?", [last])
-    idx.close()
+    # A store written before migration 004: the first three applied, one entry in it.
+    db = sqlite_utils.Database(tmp_path / "index.sqlite")
+    db.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL NOT NULL)")
+    for name, migrate in MIGRATIONS[:3]:
+        migrate(db)
+        db.execute("INSERT INTO migrations VALUES (?, 0)", [name])
+    db.execute("INSERT INTO blobs VALUES (?, 1234, 'sha', 5.0, 0)", ["ab" * 32])
+    db.execute(
+        "INSERT INTO entries VALUES ('http://h/x.deb', 'u', ?, 1234, 'sha', 'immutable', "
+        "'application/octet-stream', NULL, NULL, 7.0, 7.0)",
+        ["ab" * 32],
+    )
+    db.conn.commit()
+    db.conn.close()
     again = Index(tmp_path / "index.sqlite")
     assert again.migrations() == [name for name, _ in MIGRATIONS]
     names = {r[0] for r in again.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert "entries_recorded" in names
+    assert {"entries_recorded", "entries_accessed"} <= names
+    # 004: last access starts at the recording time; the running total counts the blob.
+    assert again.db.execute("SELECT accessed FROM entries").fetchone()[0] == 7.0
+    assert again.blob_totals() == (1234, 1)
     again.close()
