@@ -315,7 +315,7 @@ def _limits(t: Mapping[str, Any], source: str | None) -> StoreLimits:
                 limits = replace(limits, min_free=parse_size(value))
         except ValueError as exc:
             raise ConfigError(
-                f"must be a size such as \"5GiB\" or a share such as \"5%\" ({exc})",
+                f'must be a size such as "5GiB" or a share such as "5%" ({exc})',
                 file=source,
                 key="store.min_free",
             ) from None

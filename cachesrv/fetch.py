@@ -99,6 +99,7 @@ class Flight:
         name = self.route.upstream.name
         writer = None
         reservation = None
+        committed = None
         src.metrics.in_flight.inc()
         try:
             expected = await src.expected_hash(self.route)
@@ -157,6 +158,9 @@ class Flight:
                         f"{expected.algorithm} is {got}, upstream declared {expected.hexdigest}",
                     )
             info = await asyncio.get_running_loop().run_in_executor(None, writer.commit)
+            # Until its entry is written, eviction in this process must spare the blob.
+            lifecycle.committing.add(info.digest.hex)
+            committed = info.digest.hex
             now = time.time()
             entry = Entry(
                 key=self.route.key,
@@ -188,6 +192,8 @@ class Flight:
             if not isinstance(error, UpstreamStatus):
                 log.warning("%s", error)
         finally:
+            if committed is not None:
+                src.store.lifecycle.committing.discard(committed)
             if reservation is not None:
                 src.store.lifecycle.release(reservation)
             src.metrics.in_flight.dec()

@@ -9,6 +9,11 @@ What moves where:
 - `cachesrv_fetched_bytes_total`, `cachesrv_upstream_latency_seconds`,
   `cachesrv_fetches_in_flight`, `cachesrv_stale_served_total`: by the online source.
 - `cachesrv_store_*` and `cachesrv_offline`: read from the index at scrape time.
+- `cachesrv_store_max_bytes`, `..._disk_free_bytes`, `..._min_free_bytes`,
+  `..._pinned_bytes`, and the lifecycle counters (`cachesrv_evictions_total`,
+  `cachesrv_evicted_bytes_total`, `cachesrv_insufficient_storage_total`,
+  `cachesrv_gc_runs_total`, `cachesrv_gc_freed_bytes_total`): from the store's
+  `Lifecycle` at scrape time (counters of this process).
 """
 
 from __future__ import annotations
@@ -92,6 +97,27 @@ class Metrics:
             "cachesrv_misses_logged", "Offline misses in the store's miss log", registry=r
         )
         self.offline = Gauge("cachesrv_offline", "1 when the server is in offline mode", registry=r)
+        self.space_gauges = {
+            key: Gauge(f"cachesrv_store_{name}", text, registry=r)
+            for key, name, text in (
+                ("max_size", "max_bytes", "[store] max_size (0: no limit)"),
+                ("disk_bytes", "disk_bytes", "Size of the store's filesystem"),
+                ("disk_free", "disk_free_bytes", "Free space on the store's filesystem"),
+                ("min_free", "min_free_bytes", "[store] min_free, in bytes"),
+                ("pinned_bytes", "pinned_bytes", "Bytes held by seeds and pins (never evicted)"),
+            )
+        }
+        self.space_counters = {
+            key: Counter(f"cachesrv_{name}", text, registry=r)
+            for key, name, text in (
+                ("evictions", "evictions", "Entries evicted to make room"),
+                ("evicted_bytes", "evicted_bytes", "Blob bytes freed by evictions"),
+                ("insufficient_storage", "insufficient_storage", "Bodies refused: no room"),
+                ("gc_runs", "gc_runs", "Sweeps of unreferenced blobs after evictions"),
+                ("gc_freed_bytes", "gc_freed_bytes", "Blob bytes freed by sweeps"),
+            )
+        }
+        self._space_seen: dict[str, int] = {}
         self._request_children: dict[tuple[Outcome, str], Any] = {}
         self._served_children: dict[str, Any] = {}
         self._duration_children: dict[Outcome, Any] = {}
@@ -130,6 +156,18 @@ class Metrics:
         for upstream, row in stats["by_upstream"].items():
             self.store_entries.labels(upstream).set(row["entries"])
             self.store_entry_bytes.labels(upstream).set(row["bytes"] or 0)
+
+    def update_space(self, space: Mapping[str, Any]) -> None:
+        """Refresh the space gauges and lifecycle counters from `Lifecycle.space()`."""
+        for key, gauge in self.space_gauges.items():
+            gauge.set(space[key] or 0)
+        for key, counter in self.space_counters.items():
+            # The lifecycle keeps plain totals; a counter only moves forward by the gap.
+            total = int(space[key] or 0)
+            gap = total - self._space_seen.get(key, 0)
+            if gap > 0:
+                counter.inc(gap)
+                self._space_seen[key] = total
 
     def outcome_totals(self) -> dict[Outcome, float]:
         """Requests so far by outcome, summed over upstreams."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,16 @@ import typer
 from ..errors import ConfigError
 from ..models import Mode
 from ..upstreams import git
-from .common import ConfigOpt, StoreOpt, app, config_for, open_store, parse_when, run_async
+from .common import (
+    ConfigOpt,
+    StoreOpt,
+    app,
+    config_for,
+    open_store,
+    parse_duration,
+    parse_when,
+    run_async,
+)
 
 # -- serve ----------------------------------------------------------------
 
@@ -138,6 +148,75 @@ def fsck(
     typer.echo(report.summary())
     if not report.clean:
         raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
+    ] = False,
+    grace: Annotated[
+        str, typer.Option(help="Keep blobs whose file is younger than this (e.g. 1h, 30m).")
+    ] = "1h",
+) -> None:
+    """Remove blobs that no entry references (deleted entries, replaced index pages,
+    evictions). Safe while the server runs: a blob younger than the grace period may
+    be a recording in flight and is kept."""
+    from ..progress import progress
+    from ..store.lifecycle import collect
+
+    seconds = parse_duration(grace, "--grace")
+    st = open_store(config, store)
+    try:
+        total = sum(1 for _ in st.blobs.iter_digests()) if sys.stderr.isatty() else None
+        with progress("gc", total) as tick:
+            report = collect(st.blobs, st.index, grace=seconds, dry_run=dry_run, tick=tick)
+    finally:
+        st.close()
+    typer.echo(report.summary())
+
+
+@app.command()
+def pin(
+    urls: Annotated[list[str], typer.Argument(help="Cache keys (upstream URLs), as prefetch.")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Keep entries from being evicted (entries in a named seed always are)."""
+    _pin(config, store, urls, pin=True)
+
+
+@app.command()
+def unpin(
+    urls: Annotated[list[str], typer.Argument(help="Cache keys (upstream URLs).")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Let pinned entries be evicted again (unless a named seed holds them)."""
+    _pin(config, store, urls, pin=False)
+
+
+def _pin(config: Path | None, store: Path | None, urls: list[str], *, pin: bool) -> None:
+    from ..store import Store
+    from ..upstreams.router import Router
+
+    cfg = config_for(config, store)
+    router = Router(cfg.upstreams, cfg.server.max_url_length, cfg.tls)
+    keys = [router.resolve(u.strip()).url for u in urls]
+    st = Store(cfg.store, cfg.limits)
+    try:
+        changed = [k for k in keys if (st.index.pin(k) if pin else st.index.unpin(k))]
+    finally:
+        st.close()
+    verb = "pinned" if pin else "unpinned"
+    for key in changed:
+        typer.echo(f"{verb} {key}")
+    missed = [k for k in keys if k not in changed]
+    if missed:
+        why = "not in the store" if pin else "not pinned"
+        raise ConfigError(f"{len(missed)} not {verb} ({why}): {', '.join(missed)}")
 
 
 @app.command()

@@ -88,6 +88,15 @@ def parse_when(text: str) -> float:
     return when.timestamp()
 
 
+def parse_duration(text: str, option: str) -> float:
+    """`1h`, `30m`, `45s`, `2d`, `0` -> seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", text.strip())
+    if not m:
+        raise ConfigError(f"{option}: cannot read {text!r}; use e.g. 1h, 30m or 0")
+    mult = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return float(m.group(1)) * mult
+
+
 def open_store(config: Path | None, store: Path | None) -> Any:
     from ..store import Store
 

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..models import Digest
+from ..store import Store
 from .common import ConfigOpt, StoreOpt, open_store, parse_when, seed_app
 
 # -- seed list / show ----------------------------------------------------------
@@ -16,16 +18,47 @@ from .common import ConfigOpt, StoreOpt, open_store, parse_when, seed_app
 
 @seed_app.command("list")
 def seed_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Named seeds with their entry counts and sizes."""
+    """Named seeds: entries, size, and whether every body is in the store (a seed's
+    entries are never evicted, but a blob may be quarantined or lost)."""
     st = open_store(config, store)
     try:
         rows = st.index.seeds()
+        lacking = {r["name"]: _lacking(st, r["name"]) for r in rows}
     finally:
         st.close()
     if not rows:
         typer.echo("no seeds")
     for r in rows:
-        typer.echo(f"{r['name']:<30} {r['entries']:>7} entries {r['bytes']:>14} bytes")
+        missing = lacking[r["name"]]
+        state = "complete" if not missing else f"INCOMPLETE: {missing} bodies missing"
+        typer.echo(f"{r['name']:<30} {r['entries']:>7} entries {r['bytes']:>14} bytes  {state}")
+
+
+def _lacking(st: Store, seed: str) -> int:
+    """How many of a seed's keys cannot be served: entry gone, blob quarantined or lost."""
+    return sum(
+        1
+        for _key, digest, quarantined in st.index.seed_bodies(seed)
+        if digest is None or quarantined or not st.blobs.has(Digest(digest))
+    )
+
+
+@seed_app.command("delete")
+def seed_delete(
+    name: Annotated[str, typer.Argument(help="Seed name.")],
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Forget a seed. Its entries stay in the store, no longer pinned by it: they may
+    be evicted when space is needed, and their blobs go with them (or with `gc`)."""
+    st = open_store(config, store)
+    try:
+        n = st.index.delete_seed(name)
+    finally:
+        st.close()
+    if n == 0:
+        raise ConfigError(f"no seed named {name!r} (see `cachesrv seed list`)")
+    typer.echo(f"seed {name} deleted ({n} entries stay in the store, no longer pinned by it)")
 
 
 @seed_app.command("show")

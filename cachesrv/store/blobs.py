@@ -9,10 +9,15 @@ half-written; whatever a crash leaves in `tmp/` is removed at start-up.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import os
+import re
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -181,6 +186,78 @@ class BlobStore:
         for d in sorted(dirs):
             _fsync_dir(d)
         return moved
+
+
+class BatchSync:
+    """Makes many files written into `tmp/` without an fsync durable at once.
+
+    An fsync costs a journal commit and a flush of the disk's cache per file: for
+    the thousands of small files of a seed import that was most of its time (about
+    4 ms a file here, even with 4 threads overlapping them, and it held up the
+    creation of the next files behind those commits). `syncfs(2)` writes back every
+    dirty page and inode of the store's filesystem, waits for them, commits and
+    flushes once: for the files given, the guarantee of an fsync of each (that it
+    also writes back whatever else is dirty on that filesystem costs time, never
+    safety). Since Linux 5.8 it also returns the writeback errors (EIO, ENOSPC) the
+    filesystem met since the descriptor it is given was opened, so one is opened
+    before the first file of the batch is written. Older kernels return 0 whatever
+    happened, so there (and where libc has no syncfs) each file is fsynced instead,
+    4 at a time.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self._tmp = store.tmp
+        self._syncfs = _syncfs()
+        self._fd = -1
+        if self._syncfs is not None:
+            self._fd = os.open(store.tmp, os.O_RDONLY | os.O_DIRECTORY)
+
+    def sync(self, paths: Sequence[Path]) -> None:
+        """Return once every byte of `paths` (files in `tmp/`, all written since this
+        object was made) is on disk; raise OSError if writing any of it back failed."""
+        if not paths:
+            return
+        if self._syncfs is None:
+            with ThreadPoolExecutor(4, thread_name_prefix="fsync") as pool:
+                list(pool.map(_fsync_file, paths))
+            return
+        err = self._syncfs(self._fd)
+        if err:
+            raise OSError(err, os.strerror(err), str(self._tmp))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2) as fd -> errno (0: done), where it reports writeback errors
+    (Linux 5.8 and later); else None."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release) if sys.platform == "linux" else None
+    if m is None or (int(m[1]), int(m[2])) < (5, 8):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> int:
+        # ctypes releases the GIL for the call: the caller's other threads go on.
+        return ctypes.get_errno() if fn(fd) != 0 else 0
+
+    return syncfs
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _touch(path: Path) -> bool:

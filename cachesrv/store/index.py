@@ -232,6 +232,70 @@ class Index:
             )
         self.on_change(entry.key.url)
 
+    def put_many(
+        self,
+        entries: Iterable[Entry],
+        links: Iterable[tuple[str, str]] = (),
+        *,
+        batch: int = 1000,
+    ) -> None:
+        """Record entries as `put` does and seed memberships `(seed, url)` as
+        `add_to_seed` does, with one transaction per `batch` entries instead of one
+        per row (seed import writes thousands).
+
+        A key's memberships are committed with its entry, so an imported entry is
+        never visible unpinned by its seeds; memberships of keys not among `entries`
+        follow, `batch` per transaction. Each transaction is atomic; a crash between
+        two leaves the earlier ones recorded (an import run again completes them).
+        Calls `on_change(None)` once per transaction.
+        """
+        rows = list(entries)
+        seeds_of: dict[str, list[str]] = {}
+        for seed, url in links:
+            seeds_of.setdefault(url, []).append(seed)
+        batches: list[tuple[list[Entry], list[tuple[str, str]]]] = []
+        for i in range(0, len(rows), batch):
+            chunk = rows[i : i + batch]
+            own = [(s, e.key.url) for e in chunk for s in seeds_of.pop(e.key.url, [])]
+            batches.append((chunk, own))
+        rest = [(s, url) for url, seeds in seeds_of.items() for s in seeds]
+        batches += [([], rest[i : i + batch]) for i in range(0, len(rest), batch)]
+        for chunk, chunk_links in batches:
+            now = time.time()
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.conn.executemany(
+                    "INSERT INTO blobs (digest, size, sha256, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(digest) DO NOTHING",
+                    [(e.digest.hex, e.size, e.sha256, e.recorded) for e in chunk],
+                )
+                self.db.conn.executemany(
+                    f"INSERT OR REPLACE INTO entries ({_ENTRY_COLS}, accessed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            e.key.url,
+                            e.key.upstream,
+                            e.digest.hex,
+                            e.size,
+                            e.sha256,
+                            e.kind.value,
+                            e.content_type,
+                            e.etag,
+                            e.last_modified,
+                            e.recorded,
+                            e.validated,
+                            max(e.recorded, now),
+                        )
+                        for e in chunk
+                    ],
+                )
+                self.db.conn.executemany(
+                    "INSERT OR IGNORE INTO seed_entries (seed, key, added) VALUES (?, ?, ?)",
+                    [(s, url, now) for s, url in chunk_links],
+                )
+            self.on_change(None)
+
     def touch(self, url: str, when: float | None = None) -> None:
         """Mark a mutable entry as revalidated upstream (a 304)."""
         self.db.execute(
@@ -400,6 +464,18 @@ class Index:
             )
         ]
 
+    def seed_bodies(self, seed: str) -> list[tuple[str, str | None, bool]]:
+        """(key, digest or None if the entry is gone, quarantined) of a seed's keys."""
+        return [
+            (r[0], r[1], bool(r[2]))
+            for r in self.db.execute(
+                "SELECT s.key, e.digest, coalesce(b.quarantined, 0) FROM seed_entries s "
+                "LEFT JOIN entries e ON e.key = s.key LEFT JOIN blobs b ON b.digest = e.digest "
+                "WHERE s.seed = ? ORDER BY s.key",
+                [seed],
+            )
+        ]
+
     def delete_seed(self, seed: str) -> int:
         """Forget a seed; its entries stay (no longer pinned by it). Returns how many
         entries it had."""
@@ -427,9 +503,7 @@ class Index:
         """Pin one entry against eviction; False if no such entry."""
         if self.get(url) is None:
             return False
-        self.db.execute(
-            "INSERT OR IGNORE INTO pins (key, added) VALUES (?, ?)", [url, time.time()]
-        )
+        self.db.execute("INSERT OR IGNORE INTO pins (key, added) VALUES (?, ?)", [url, time.time()])
         return True
 
     def unpin(self, url: str) -> bool:
@@ -506,8 +580,7 @@ class Index:
         with self.db.conn:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.conn.executemany(
-                "DELETE FROM blobs WHERE digest = ? "
-                "AND digest NOT IN (SELECT digest FROM entries)",
+                "DELETE FROM blobs WHERE digest = ? AND digest NOT IN (SELECT digest FROM entries)",
                 [(d,) for d in digests],
             )
 

@@ -31,8 +31,9 @@ from ..models import Digest
 from .blobs import BlobStore
 from .index import Index
 
-#: Eviction spares unreferenced blobs younger than this (see the module doc).
-EVICT_GRACE = 60.0
+#: Eviction spares unreferenced blobs younger than this (see the module doc); within
+#: this process, blobs between commit and entry are also named in `Lifecycle.committing`.
+EVICT_GRACE = 5.0
 #: `cachesrv gc`'s default grace period.
 GC_GRACE = 3600.0
 #: After evicting, the server sweeps unreferenced blobs at most this often.
@@ -81,6 +82,8 @@ class Lifecycle:
         self.last_eviction = 0.0
         self.last_sweep = 0.0
         self._reservations: set[Reservation] = set()
+        #: Digests committed by this process whose entry is not written yet.
+        self.committing: set[str] = set()
         self._lock = threading.Lock()
 
     def usage(self) -> Usage:
@@ -160,10 +163,15 @@ class Lifecycle:
         past the eviction grace; returns the bytes freed."""
         freed = 0
         for digest, size in self.index.unreferenced_blobs().items():
-            if remove_blob(self.blobs, self.index, Digest(digest), EVICT_GRACE):
+            if self._remove(digest):
                 freed += size
         self.counters.gc_freed_bytes += freed
         return freed
+
+    def _remove(self, digest: str) -> bool:
+        if digest in self.committing:
+            return False
+        return remove_blob(self.blobs, self.index, Digest(digest), EVICT_GRACE)
 
     def _evict(self, target: int) -> int:
         """Evict least recently served entries until `target` bytes are freed (or none
@@ -180,12 +188,33 @@ class Lifecycle:
                 if freed + planned >= target:
                     break
             for digest, size in self.index.evict(batch):
-                if remove_blob(self.blobs, self.index, Digest(digest), EVICT_GRACE):
+                if self._remove(digest):
                     freed += size
             self.counters.evictions += len(batch)
             self.last_eviction = time.time()
         self.counters.evicted_bytes += freed
         return freed
+
+    def space(self) -> dict[str, int | bool | None]:
+        """Space and lifecycle figures for the stats API, /metrics and the status page
+        (on the index thread: pinned bytes are a query)."""
+        usage = self.usage()
+        c = self.counters
+        return {
+            "blob_bytes": usage.blob_bytes,
+            "max_size": usage.max_size,
+            "disk_bytes": usage.disk_bytes,
+            "disk_free": usage.disk_free,
+            "min_free": usage.min_free,
+            "pinned_bytes": self.index.pinned_bytes(),
+            "low_space": usage.disk_free < 2 * usage.min_free
+            or (usage.max_size is not None and usage.blob_bytes > 0.9 * usage.max_size),
+            "evictions": c.evictions,
+            "evicted_bytes": c.evicted_bytes,
+            "insufficient_storage": c.refusals,
+            "gc_runs": c.gc_runs,
+            "gc_freed_bytes": c.gc_freed_bytes,
+        }
 
     def wants_sweep(self, now: float) -> bool:
         """Whether the server should run `collect` now: it evicted since the last sweep,

@@ -133,8 +133,9 @@ class Router:
         default_port = ":443" if scheme == "https" else ":80"
         if host.endswith(default_port):  # `https://host:443/` is `https://host/`
             cut = len(host) - len(default_port)
-            host_path, host_path_q = host_path[:cut] + host_path[len(host):], (
-                host_path_q[:cut] + host_path_q[len(host):]
+            host_path, host_path_q = (
+                host_path[:cut] + host_path[len(host) :],
+                (host_path_q[:cut] + host_path_q[len(host) :]),
             )
             host = host[:cut]
         norm = host + host_path[len(host) :]

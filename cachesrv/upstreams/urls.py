@@ -79,8 +79,10 @@ def connect_authority(target: str) -> tuple[str, int]:
     if len(host) > MAX_HOST:
         raise BadRequest(f"CONNECT host name longer than {MAX_HOST} characters")
     labels = host.split(".")
-    if all(label.isdigit() for label in labels) or re.fullmatch(r"[0-9a-fx.]+", host) and (
-        labels[-1].isdigit() or labels[-1].startswith("0x")
+    if (
+        all(label.isdigit() for label in labels)
+        or re.fullmatch(r"[0-9a-fx.]+", host)
+        and (labels[-1].isdigit() or labels[-1].startswith("0x"))
     ):
         try:
             addr4 = ipaddress.IPv4Address(host)

@@ -82,6 +82,7 @@ async def _stats(request: web.Request) -> dict[str, Any]:
     data["uptime"] = round(time.time() - state.started, 1)
     data["requests"] = {o.value: int(n) for o, n in state.metrics.outcome_totals().items()}
     data["hit_ratio"] = state.metrics.hit_ratio()
+    data["space"] = await idx.run(state.store.lifecycle.space)
     return data
 
 
@@ -127,6 +128,7 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     idx = state.store.index
     state.metrics.update_store(await idx.run(idx.stats), offline=state.mode is Mode.OFFLINE)
+    state.metrics.update_space(await idx.run(state.store.lifecycle.space))
     return web.Response(
         body=state.metrics.render(),
         headers={hdrs.CONTENT_TYPE: CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},

@@ -36,6 +36,7 @@ async def status_page(request: web.Request) -> web.Response:
     misses = await idx.run(idx.misses, now - MISS_WINDOW)
     seeds = await idx.run(idx.seeds)
     recent = await idx.run(idx.recent_entries, RECENT_ROWS)
+    space = await idx.run(state.store.lifecycle.space)
     page = render(
         mode=state.mode.value,
         uptime=now - state.started,
@@ -47,6 +48,7 @@ async def status_page(request: web.Request) -> web.Response:
         seeds=seeds,
         recent=recent,
         now=now,
+        space=space,
     )
     return web.Response(
         text=page,
@@ -72,6 +74,7 @@ def render(
     seeds: list[dict[str, Any]],
     recent: list[Entry],
     now: float,
+    space: dict[str, Any] | None = None,
 ) -> str:
     """The whole page. Pure: the same data always renders the same HTML."""
     e = html.escape
@@ -89,8 +92,25 @@ def render(
             (_ratio(hit_ratio), "hit ratio since start", False),
             (f"{len(misses):,}", "URLs missed (30 days)", bool(misses)),
             (f"{stats['quarantined']:,}", "quarantined blobs", bool(stats["quarantined"])),
+            *_space_cards(space),
         )
     )
+    warning = ""
+    if space and space["low_space"]:
+        warning = (
+            '<p class="warning">Low on space: the disk has '
+            f"{e(human_bytes(space['disk_free']))} free (min_free "
+            f"{e(human_bytes(space['min_free']))})"
+            + (
+                f", the store holds {e(human_bytes(space['blob_bytes']))} of max_size "
+                f"{e(human_bytes(space['max_size']))}"
+                if space["max_size"]
+                else ""
+            )
+            + ". Least recently used entries are evicted as needed; seeds and pins never "
+            "are. Free space: <code>cachesrv gc</code>, <code>cachesrv seed delete NAME"
+            "</code>, or raise <code>[store] max_size</code>.</p>"
+        )
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
@@ -99,7 +119,7 @@ def render(
         f'<h1>cachesrv <span class="mode mode-{e(mode)}">{e(mode)}</span></h1>'
         f'<p class="sub">version {e(__version__)} · up {e(human_duration(uptime))} · '
         f"{e(_when(now, now))}</p></header>"
-        f'<div class="cards">{cards}</div>'
+        f'<div class="cards">{cards}</div>{warning}'
         + _upstreams_table(stats, upstreams)
         + _outcomes_table(totals, hit_ratio)
         + _misses_section(misses, now)
@@ -111,6 +131,21 @@ def render(
         "<a href=/_cachesrv/api/v1/seeds>api/v1/seeds</a></footer>"
         "</body></html>\n"
     )
+
+
+def _space_cards(space: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
+    if not space:
+        return []
+    limit = f" of {human_bytes(space['max_size'])} max" if space["max_size"] else ""
+    return [
+        (human_bytes(space["disk_free"]), f"disk free (min_free {human_bytes(space['min_free'])})",
+         bool(space["low_space"])),
+        (human_bytes(space["pinned_bytes"]), f"pinned by seeds and pins{limit}", False),
+        (f"{space['evictions']:,}", f"evictions ({human_bytes(space['evicted_bytes'])} freed)",
+         False),
+        (f"{space['insufficient_storage']:,}", "refused: no room (507)",
+         bool(space["insufficient_storage"])),
+    ]  # fmt: skip
 
 
 def _upstreams_table(stats: dict[str, Any], upstreams: dict[str, tuple[str, str]]) -> str:
@@ -278,7 +313,9 @@ vertical-align:middle;text-transform:uppercase;letter-spacing:.05em}
 .mode-online{background:#dff5e4;color:#17692e}.mode-offline{background:#fff0d1;color:#8a5300}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));gap:12px;margin:20px 0}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px}
-.card.warn{border-color:#f1b8b3;background:#fff6f5}.card.warn .big{color:#b3261e}
+.card.warn{border-color:#f1b8b3;background:#fff6f5}
+.warning{border:1px solid #f1b8b3;background:#fff6f5;color:#b3261e;padding:.6em 1em}
+.card.warn .big{color:#b3261e}
 .big{font-size:24px;font-weight:700}.label{color:var(--muted)}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:16px 18px;
 margin:0 0 16px}
