@@ -9,6 +9,7 @@ import pytest
 
 from cachesrv.config import (
     _SERVER_KEYS,
+    _STORE_KEYS,
     _TLS_KEYS,
     _UPSTREAM_KEYS,
     DEFAULT_UPSTREAMS,
@@ -27,7 +28,8 @@ def test_every_key_is_documented_in_the_reference_config() -> None:
     documented = set().union(*(set(t) for t in doc["upstreams"].values()))
     assert documented == _UPSTREAM_KEYS
     assert set(doc["tls"]) == _TLS_KEYS
-    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS:
+    assert set(doc["store"]) == _STORE_KEYS
+    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS | _STORE_KEYS:
         assert "# " in REFERENCE.read_text() and key in REFERENCE.read_text()
     # The reference file itself is valid and its upstreams are the built-in defaults.
     config = parse_config(doc, source=str(REFERENCE))
