@@ -275,9 +275,11 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
     return Config(server=server, upstreams=upstreams, source=source, tls=tls, limits=limits)
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: object) -> int:
     """`"200GiB"`, `"1.5 TB"`, `"512MiB"`, `4096` -> bytes (KiB = 1024, kB = 1000)."""
-    if isinstance(text, int) and not isinstance(text, bool):
+    if isinstance(text, float | bool):
+        raise ValueError(f"{text!r}: write a size as a string such as \"5GiB\" or \"5%\"")
+    if isinstance(text, int):
         if text < 0:
             raise ValueError("a size cannot be negative")
         return text
@@ -300,9 +302,12 @@ def _limits(t: Mapping[str, Any], source: str | None) -> StoreLimits:
     limits = StoreLimits()
     if "max_size" in t:
         try:
-            limits = replace(limits, max_size=parse_size(t["max_size"]))
+            max_size = parse_size(t["max_size"])
+            if max_size < 1024 * 1024:
+                raise ValueError(f"{t['max_size']!r} is under 1 MiB: no body would fit")
         except ValueError as exc:
             raise ConfigError(str(exc), file=source, key="store.max_size") from None
+        limits = replace(limits, max_size=max_size)
     if "min_free" in t:
         value = t["min_free"]
         try:

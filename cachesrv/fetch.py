@@ -99,7 +99,6 @@ class Flight:
         name = self.route.upstream.name
         writer = None
         reservation = None
-        committed = None
         src.metrics.in_flight.inc()
         try:
             expected = await src.expected_hash(self.route)
@@ -157,10 +156,13 @@ class Flight:
                         url,
                         f"{expected.algorithm} is {got}, upstream declared {expected.hexdigest}",
                     )
-            info = await asyncio.get_running_loop().run_in_executor(None, writer.commit)
-            # Until its entry is written, eviction in this process must spare the blob.
-            lifecycle.committing.add(info.digest.hex)
-            committed = info.digest.hex
+            loop = asyncio.get_running_loop()
+            index = src.store.index
+            info = await loop.run_in_executor(None, writer.finish)
+            # Claimed before it is in place, so that no gc or eviction (of any process)
+            # removes it before the entry below references it (store/lifecycle.py).
+            await index.run(index.claim_blobs, [info])
+            await loop.run_in_executor(None, writer.place, info)
             now = time.time()
             entry = Entry(
                 key=self.route.key,
@@ -174,8 +176,9 @@ class Flight:
                 recorded=now,
                 validated=now,
             )
-            await src.store.index.run(src.store.index.put, entry)
-            await self._add_seeds(url)
+            # The entry and its seeds in one transaction: never unpinned, not even briefly.
+            await index.run(index.put, entry, tuple(self.seeds))
+            await self._add_seeds(url)  # seeds that joined meanwhile
             # Only now may clients have the last byte: once one has the whole file, the
             # store (and its seeds) has it too, for any worker process that is asked next.
             self.verified = True
@@ -183,6 +186,8 @@ class Flight:
             self.result.set_result(entry)
         except Exception as exc:  # every failure ends the flight; none is recorded
             error = _upstream_error(exc, name, url)
+            if isinstance(error, InsufficientStorage) and not isinstance(exc, CachesrvError):
+                src.store.lifecycle.counters.refusals += 1  # the disk filled while writing
             if writer is not None:
                 writer.abort()
             if not self.headers_ready.done():
@@ -192,8 +197,6 @@ class Flight:
             if not isinstance(error, UpstreamStatus):
                 log.warning("%s", error)
         finally:
-            if committed is not None:
-                src.store.lifecycle.committing.discard(committed)
             if reservation is not None:
                 src.store.lifecycle.release(reservation)
             src.metrics.in_flight.dec()

@@ -64,32 +64,40 @@ class BlobWriter:
         return self._sha256.hexdigest()
 
     def commit(self) -> BlobInfo:
-        """fsync, then rename into `objects/`; an identical blob already there wins."""
+        """`finish`, then `place`: for writers that need no claim in between."""
+        info = self.finish()
+        self.place(info)
+        return info
+
+    def finish(self) -> BlobInfo:
+        """fsync and close the temp file; the blob's digest, size and sha256."""
         if self._done:
             raise StoreError("blob writer already finished")
         self._done = True
-        digest = Digest(self._blake3.hexdigest())
         os.fsync(self.fd)
         os.close(self.fd)
-        final = self._store.path(digest)
+        return BlobInfo(digest=Digest(self._blake3.hexdigest()), size=self.size, sha256=self.sha256)
+
+    def place(self, info: BlobInfo) -> None:
+        """Rename the temp file into `objects/`, unless the identical blob is there:
+        then touch that one (a remover that moved it aside meanwhile makes the touch
+        fail, and this copy goes in place instead)."""
+        final = self._store.path(info.digest)
         if _touch(final):
-            # Already stored. Its new mtime tells gc and eviction that an entry is about
-            # to reference it (they spare blobs younger than their grace period).
             self.path.unlink(missing_ok=True)
-        else:
-            if not final.parent.is_dir():
-                final.parent.mkdir(exist_ok=True)
-                _fsync_dir(final.parent.parent)  # the new fanout directory's own entry
-            os.replace(self.path, final)
-            _fsync_dir(final.parent)
-        return BlobInfo(digest=digest, size=self.size, sha256=self.sha256)
+            return
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            _fsync_dir(final.parent.parent)  # the new fanout directory's own entry
+        os.replace(self.path, final)
+        _fsync_dir(final.parent)
 
     def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Throw the body away (also after `finish`, if it is not to be placed)."""
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
         self.path.unlink(missing_ok=True)
 
 
@@ -199,10 +207,10 @@ class BatchSync:
     flushes once: for the files given, the guarantee of an fsync of each (that it
     also writes back whatever else is dirty on that filesystem costs time, never
     safety). Since Linux 5.8 it also returns the writeback errors (EIO, ENOSPC) the
-    filesystem met since the descriptor it is given was opened, so one is opened
-    before the first file of the batch is written. Older kernels return 0 whatever
-    happened, so there (and where libc has no syncfs) each file is fsynced instead,
-    4 at a time.
+    filesystem met since the previous `sync` through the same descriptor, or since
+    it was opened: so it is opened here, before the first file is written. Older
+    kernels return 0 whatever happened, so there (and where libc has no syncfs)
+    each file is fsynced instead, 4 at a time.
     """
 
     def __init__(self, store: BlobStore) -> None:

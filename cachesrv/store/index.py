@@ -99,13 +99,16 @@ def _m003_entries_by_recorded(db: sqlite_utils.Database) -> None:
 
 def _m004_lifecycle(db: sqlite_utils.Database) -> None:
     """Store lifecycle: when each entry was last served (LRU eviction, written in
-    batches), single-entry pins, and a running total of blob bytes kept by triggers,
-    so a quota check costs one row, not a scan."""
+    batches), single-entry pins, a running total of blob bytes kept by triggers (a
+    quota check costs one row, not a scan), and `blobs.claimed`: set by a commit
+    before its blob is put in place, cleared when its entry is written, so that no
+    process removes a blob an entry is about to reference (store/lifecycle.py)."""
     db.executescript(
         """
         ALTER TABLE entries ADD COLUMN accessed REAL NOT NULL DEFAULT 0;
         UPDATE entries SET accessed = recorded;
         CREATE INDEX entries_accessed ON entries(accessed);
+        ALTER TABLE blobs ADD COLUMN claimed REAL;
         CREATE TABLE pins (
             key TEXT PRIMARY KEY,
             added REAL NOT NULL
@@ -203,14 +206,21 @@ class Index:
         rows = self._rows(f"SELECT {_ENTRY_COLS} FROM entries WHERE key = ?", [url])
         return _entry(rows[0]) if rows else None
 
-    def put(self, entry: Entry) -> None:
-        """Record (or replace) the entry for a key and its blob row, atomically."""
+    def put(self, entry: Entry, seeds: Iterable[str] = ()) -> None:
+        """Record (or replace) the entry for a key, its blob row and its membership of
+        `seeds`, atomically (an entry is never visible unpinned by its seeds); the
+        blob's claim is cleared."""
         with self.db.conn:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
                 "INSERT INTO blobs (digest, size, sha256, created) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(digest) DO NOTHING",
+                "ON CONFLICT(digest) DO UPDATE SET claimed = NULL",
                 [entry.digest.hex, entry.size, entry.sha256, entry.recorded],
+            )
+            now = time.time()
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO seed_entries (seed, key, added) VALUES (?, ?, ?)",
+                [(seed, entry.key.url, now) for seed in seeds],
             )
             self.db.execute(
                 f"INSERT OR REPLACE INTO entries ({_ENTRY_COLS}, accessed) "
@@ -266,7 +276,7 @@ class Index:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.conn.executemany(
                     "INSERT INTO blobs (digest, size, sha256, created) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(digest) DO NOTHING",
+                    "ON CONFLICT(digest) DO UPDATE SET claimed = NULL",
                     [(e.digest.hex, e.size, e.sha256, e.recorded) for e in chunk],
                 )
                 self.db.conn.executemany(
@@ -381,6 +391,28 @@ class Index:
 
     def is_referenced(self, digest: str) -> bool:
         return bool(self.db.execute("SELECT 1 FROM entries WHERE digest = ?", [digest]).fetchone())
+
+    def claim_blobs(self, blobs: Iterable[BlobInfo]) -> None:
+        """Mark blobs as about to be referenced (before they are put in place): no
+        process removes a claimed blob (store/lifecycle.py). `put` clears the claim."""
+        now = time.time()
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.conn.executemany(
+                "INSERT INTO blobs (digest, size, sha256, created, claimed) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET claimed = ?",
+                [(b.digest.hex, b.size, b.sha256, now, now, now) for b in blobs],
+            )
+
+    def is_held(self, digest: str, claimed_after: float) -> bool:
+        """Whether an entry references the blob, or a commit claimed it after
+        `claimed_after` (an older claim is a crashed commit's)."""
+        row = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM entries WHERE digest = ?) "
+            "OR EXISTS (SELECT 1 FROM blobs WHERE digest = ? AND claimed > ?)",
+            [digest, digest, claimed_after],
+        ).fetchone()
+        return bool(row[0])
 
     def stored_keys(self, keys: list[str], seed: str | None = None) -> set[str]:
         """Which of `keys` have a recorded, unquarantined body (and are in `seed`)."""
@@ -566,12 +598,15 @@ class Index:
         self.on_change(None)
         return freed
 
-    def unreferenced_blobs(self) -> dict[str, int]:
-        """Blob rows (digest -> size) that no entry references."""
+    def unreferenced_blobs(self, claimed_before: float) -> dict[str, int]:
+        """Blob rows (digest -> size) that no entry references and no commit claimed
+        after `claimed_before`."""
         return {
             r[0]: int(r[1])
             for r in self.db.execute(
-                "SELECT digest, size FROM blobs WHERE digest NOT IN (SELECT digest FROM entries)"
+                "SELECT digest, size FROM blobs WHERE coalesce(claimed, 0) <= ? "
+                "AND digest NOT IN (SELECT digest FROM entries)",
+                [claimed_before],
             )
         }
 

@@ -8,11 +8,15 @@
 - `collect` (`cachesrv gc`, and the server some time after it evicted) removes blobs
   that no entry references.
 
-A blob is removed only when its file is older than a grace period: a commit renames
-its file into `objects/` (or touches the identical one already there) before the entry
-that references it is written, so a young unreferenced blob may be one an entry is about
-to take. Removal first moves the file aside, re-checks the index, and puts it back if an
-entry took it meanwhile.
+A commit claims its blob in the index (`blobs.claimed`) before it puts the file in
+place (renaming it into `objects/`, or touching the identical one already there), and
+the entry that references it clears the claim. Removal moves the file aside, then asks
+the index whether an entry references the blob or a commit claimed it, and puts it back
+if so. Whatever the interleaving, a blob an entry is about to reference survives: a
+claim made before the check is seen; a commit that claims after it finds the file gone
+(its touch fails) and puts its own copy in place. `cachesrv gc` also spares files
+younger than its grace period (by mtime), as a second guard for writers that do not
+claim.
 """
 
 from __future__ import annotations
@@ -31,11 +35,10 @@ from ..models import Digest
 from .blobs import BlobStore
 from .index import Index
 
-#: Eviction spares unreferenced blobs younger than this (see the module doc); within
-#: this process, blobs between commit and entry are also named in `Lifecycle.committing`.
-EVICT_GRACE = 5.0
-#: `cachesrv gc`'s default grace period.
+#: `cachesrv gc`'s default grace period (file age).
 GC_GRACE = 3600.0
+#: A claim older than this is a crashed commit's, and no longer protects its blob.
+CLAIM_TTL = 3600.0
 #: After evicting, the server sweeps unreferenced blobs at most this often.
 SWEEP_EVERY = 600.0
 
@@ -82,8 +85,6 @@ class Lifecycle:
         self.last_eviction = 0.0
         self.last_sweep = 0.0
         self._reservations: set[Reservation] = set()
-        #: Digests committed by this process whose entry is not written yet.
-        self.committing: set[str] = set()
         self._lock = threading.Lock()
 
     def usage(self) -> Usage:
@@ -160,18 +161,13 @@ class Lifecycle:
 
     def _sweep_unreferenced(self) -> int:
         """Remove blobs no entry references (a replaced index page, a deleted entry),
-        past the eviction grace; returns the bytes freed."""
+        and not claimed; returns the bytes freed."""
         freed = 0
-        for digest, size in self.index.unreferenced_blobs().items():
-            if self._remove(digest):
+        for digest, size in self.index.unreferenced_blobs(time.time() - CLAIM_TTL).items():
+            if remove_blob(self.blobs, self.index, Digest(digest)):
                 freed += size
         self.counters.gc_freed_bytes += freed
         return freed
-
-    def _remove(self, digest: str) -> bool:
-        if digest in self.committing:
-            return False
-        return remove_blob(self.blobs, self.index, Digest(digest), EVICT_GRACE)
 
     def _evict(self, target: int) -> int:
         """Evict least recently served entries until `target` bytes are freed (or none
@@ -188,7 +184,7 @@ class Lifecycle:
                 if freed + planned >= target:
                     break
             for digest, size in self.index.evict(batch):
-                if self._remove(digest):
+                if remove_blob(self.blobs, self.index, Digest(digest)):
                     freed += size
             self.counters.evictions += len(batch)
             self.last_eviction = time.time()
@@ -225,25 +221,26 @@ class Lifecycle:
 # -- removal and garbage collection ---------------------------------------------------
 
 
-def remove_blob(blobs: BlobStore, index: Index, digest: Digest, grace: float) -> bool:
-    """Remove an unreferenced blob's file and row, if its file is older than `grace`
-    seconds; True if it went (see the module doc for the race this closes)."""
+def remove_blob(blobs: BlobStore, index: Index, digest: Digest, grace: float = 0.0) -> bool:
+    """Remove an unreferenced, unclaimed blob's file and row; True if it went. With
+    `grace`, a file younger than that many seconds is kept (see the module doc)."""
     path = blobs.path(digest)
-    try:
-        if time.time() - path.stat().st_mtime < grace:
-            return False
-    except FileNotFoundError:
-        index.forget_blobs([digest.hex])
-        return True
+    if grace > 0:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime < grace:
+                return False
     aside = blobs.tmp / f"gc-{digest.hex}"
     try:
         os.replace(path, aside)
+        moved = True
     except FileNotFoundError:
+        moved = False
+    if index.is_held(digest.hex, time.time() - CLAIM_TTL):
+        if moved:  # identical bytes, whoever placed a copy meanwhile
+            os.replace(aside, path)
         return False
-    if index.is_referenced(digest.hex):  # an entry took it meanwhile: put it back
-        os.replace(aside, path)
-        return False
-    aside.unlink(missing_ok=True)
+    if moved:
+        aside.unlink()
     index.forget_blobs([digest.hex])
     return True
 
@@ -277,9 +274,9 @@ def collect(
     """Remove blobs that no entry references and whose files are older than `grace`
     seconds (files in `objects/` without a row too, rows without a file too)."""
     report = GcReport(dry_run=dry_run)
-    referenced = index.referenced_digests()
-    rows = index.unreferenced_blobs()
     now = time.time()
+    referenced = index.referenced_digests()
+    rows = index.unreferenced_blobs(now - CLAIM_TTL)
     seen: set[str] = set()
     for digest in blobs.iter_digests():
         tick(1)
