@@ -27,7 +27,6 @@ Every miss is logged by the offline source, with the seed and strict mode it app
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -209,9 +208,7 @@ class SnapStore:
         """Store one action's result and the sha3-384 it declares for its download."""
         index = self.store.index
         key = route.url
-        info = await asyncio.get_running_loop().run_in_executor(
-            None, self.store.blobs.put_bytes, record
-        )
+        info = await self.store.put_bytes(record)
         previous = await index.run(index.get, key)
         now = time.time()
         if previous is not None and previous.digest == info.digest:

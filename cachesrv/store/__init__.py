@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from pathlib import Path
 
 from ..config import StoreLimits
+from ..models import BlobInfo
 from .blobs import BlobStore, BlobWriter
 from .hot import HotCache, HotItem
 from .index import Index
@@ -31,6 +33,22 @@ class Store:
         #: Keys served since the last flush, and when: last access is written in
         #: batches (LRU eviction), never once per hit.
         self.accessed: dict[str, float] = {}
+
+    async def put_bytes(self, data: bytes) -> BlobInfo:
+        """Store a small body as a recording does (under asyncio): claimed in the index
+        before it is in place (store/lifecycle.py), so that no gc or eviction removes it
+        before the caller's entry references it."""
+        loop = asyncio.get_running_loop()
+        writer = self.blobs.writer()
+        try:
+            await loop.run_in_executor(None, writer.write, data)
+            info = await loop.run_in_executor(None, writer.finish)  # fsync: off the loop
+            await self.index.run(self.index.claim_blobs, [info])
+            await loop.run_in_executor(None, writer.place, info)
+        except BaseException:
+            writer.abort()
+            raise
+        return info
 
     def note_access(self, key: str) -> None:
         self.accessed[key] = time.time()
