@@ -25,6 +25,7 @@ from cachesrv.seed import (
     ExportOptions,
     export_bundle,
     import_bundle,
+    importer,
     parse_size,
     verify_bundle,
     write_inventory,
@@ -240,6 +241,31 @@ def test_import_resumes_from_staged_blobs_but_rechecks_them(
     report = import_bundle(b, bundle)
     assert report.objects == 2
     assert b.blobs.verify(good.digest) and b.blobs.verify(spoiled.digest)
+    assert list(b.blobs.tmp.iterdir()) == []
+
+
+def test_import_synced_in_many_batches_is_still_all_or_nothing(
+    tmp_path: Path, stores: Callable[[str], Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged objects are synced and named seed-<digest> a batch at a time (here one
+    object a batch); a bad object after good ones still leaves the store as it was."""
+    monkeypatch.setattr(importer, "SYNC_BYTES", 1)
+    a, b = stores("A"), stores("B")
+    bodies = fill_a(a)
+    bundle = tmp_path / "bundle"
+    export_bundle(a, bundle, ExportOptions())
+    # Objects are staged in digest order: spoil the last one that has a byte.
+    last = [p for p in object_files(bundle) if p.stat().st_size][-1]
+    _flip_byte(bundle, last)
+    before = snapshot(b.root)
+    with pytest.raises(SeedError, match="bad seed bundle"):
+        import_bundle(b, bundle)
+    assert snapshot(b.root) == before
+    _flip_byte(bundle, last)
+    import_bundle(b, bundle)
+    assert b.index.entries() == a.index.entries()
+    for e in b.index.entries():
+        assert b.blobs.path(e.digest).read_bytes() == bodies[e.key.url]
     assert list(b.blobs.tmp.iterdir()) == []
 
 

@@ -162,8 +162,9 @@ def gc(
     ] = "1h",
 ) -> None:
     """Remove blobs that no entry references (deleted entries, replaced index pages,
-    evictions). Safe while the server runs: a blob younger than the grace period may
-    be a recording in flight and is kept."""
+    evictions). Safe while the server runs: a recording claims its blob in the index
+    before the blob is in place, and a blob younger than the grace period is kept too
+    (keep the default while a seed import runs)."""
     from ..progress import progress
     from ..store.lifecycle import collect
 

@@ -3,10 +3,11 @@
 All or nothing. First every check that needs no hashing (`reader.open_bundle`)
 and the plan against the store (conflicts, blobs needed); then every object the
 store lacks is streamed once from the bundle into the store's `tmp/`, hashed on
-the way (size, blake3 and sha256), and kept there, fsynced, as
-`tmp/seed-<digest>` only if it matches. Only when every object passed are the
-staged blobs renamed into `objects/` and the index rows written. A bad bundle
-therefore leaves the store exactly as it was, and lists every problem.
+the way (size, blake3 and sha256), and kept there only if it matches: synced to
+disk (in batches, see `_Stager`) and then named `tmp/seed-<digest>`. Only when
+every object passed are the staged blobs renamed into `objects/` and the index
+rows written (in batches, `Index.put_many`). A bad bundle therefore leaves the
+store exactly as it was, and lists every problem.
 
 Resumable and idempotent: blobs the store already has are neither read nor
 copied; blobs staged by an interrupted import are re-hashed from the local disk
@@ -27,10 +28,13 @@ replaced by the bundle's verified copy and released from quarantine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,10 +46,15 @@ from ..errors import SeedError
 from ..models import ArtifactKind, Digest, Entry
 from ..progress import progress
 from ..store import Store
-from .bundle import CHUNK, HEX64, SyncQueue, human_bytes, rate
+from ..store.blobs import BatchSync, BlobStore
+from .bundle import CHUNK, HEX64, human_bytes, rate
 from .reader import Bundle, BundleObject, open_bundle, read_object
 
 STAGED_PREFIX = "seed-"
+#: Bytes staged between two syncs of the store's disk: what an interrupted import
+#: may have to read from the bundle again (what was synced before stays staged).
+#: A sync costs a journal commit and a cache flush: at 256 MiB, nothing to speak of.
+SYNC_BYTES = 256 << 20
 
 
 @dataclass
@@ -118,11 +127,11 @@ def import_bundle(store: Store, src: Path, *, dry_run: bool = False) -> ImportRe
     check_only = dry_run or bool(b.problems or conflicts)
     staged: list[tuple[Path, Digest]] = []
     total = sum(o.size for o in plan.fetch)
-    # Blobs an interrupted import verified and staged (each renamed after its fsync).
+    # Blobs an interrupted import verified and staged (each renamed once synced).
     with os.scandir(store.blobs.tmp) as it:
         ready = {de.name for de in it if HEX64.fullmatch(de.name.removeprefix(STAGED_PREFIX))}
     try:
-        with progress("seed import", total, unit_bytes=True) as tick, SyncQueue() as syncq:
+        with progress("seed import", total, unit_bytes=True) as tick, _Stager(store.blobs) as st:
             for o in plan.fetch:
                 final = store.blobs.tmp / f"{STAGED_PREFIX}{o.digest}"
                 if o.digest in b.broken:
@@ -133,13 +142,15 @@ def import_bundle(store: Store, src: Path, *, dry_run: bool = False) -> ImportRe
                     problem = None  # staged by an interrupted import; re-checked locally
                     tick(o.size)
                 else:
-                    problem = _stage(b, o, final, tick, syncq)
+                    problem = st.stage(b, o, final, tick)
                 if problem:
                     b.problems.append(problem)
                     check_only = True  # nothing will be imported now; only list problems
                 elif not check_only:
                     staged.append((final, Digest(o.digest)))
-            syncq.wait()
+            if not check_only:
+                st.finish()
+            # else leaving `st` drops what it wrote and had not synced yet
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise SeedError(
@@ -162,10 +173,7 @@ def import_bundle(store: Store, src: Path, *, dry_run: bool = False) -> ImportRe
         index = store.index
         for digest in plan.release:
             index.set_quarantined(digest, False)
-        for entry in plan.puts:
-            index.put(entry)
-        for seed, url in report.links:
-            index.add_to_seed(seed, url)
+        index.put_many(plan.puts, report.links)
     report.seconds = time.monotonic() - start
     return report
 
@@ -259,21 +267,147 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _stage(
-    b: Bundle, o: BundleObject, final: Path, tick: Callable[[int], None], syncq: SyncQueue
-) -> str | None:
-    """Copy an object into the store's tmp/ while hashing it; when it matches,
-    `syncq` fsyncs it and renames it to `final`. Returns the problem, or None."""
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=STAGED_PREFIX, suffix=".part")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            problem = read_object(b, o, sink=out.write, tick=tick)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if problem is None:
-        syncq.submit([(tmp, final)])
-    else:
-        tmp.unlink()
-    return problem
+class _Stager:
+    """Writes the objects being imported into the store's `tmp/`, on a thread of its own.
+
+    The caller reads and hashes the bundle on its thread, one object after the
+    other (`read_object`), and hands the chunks over; this thread creates and fills
+    the `tmp/seed-*.part` files. So hashing (blake3 and sha256 of every byte)
+    overlaps the store's file creation and writes, while the bundle is still read
+    in order by one reader (two would make a USB hard disk seek between them).
+
+    Files are not fsynced one by one: every `SYNC_BYTES`, and at `finish`, the
+    files written since the last sync are made durable at once (`BatchSync`: one
+    syncfs of the store's filesystem, the guarantee of an fsync of each; see there),
+    and only then is each renamed `seed-<digest>`, the name that tells an import
+    resumed after an interruption that a file is verified and on disk. The first
+    error of this thread is raised in the caller's next call; files that had not
+    been synced are then removed, and so they are when the stager is left without
+    `finish` (a bad bundle).
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._tmp = blobs.tmp
+        self._sync = BatchSync(blobs)  # before any file of the batch is written
+        #: ("open", final) ("data", bytes)... ("close", keep) per object; ("sync", done)
+        self._q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=32)
+        self.error: BaseException | None = None
+        # Owned by the writer thread:
+        self._fd = -1
+        self._part: Path | None = None
+        self._final: Path | None = None
+        self._size = 0
+        self._batch: list[tuple[Path, Path]] = []
+        self._batch_bytes = 0
+        self._thread = threading.Thread(target=self._run, name="seed-stage", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> _Stager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._q.put(("stop", None))
+        self._thread.join()
+        self._sync.close()
+
+    # -- the caller's side
+
+    def stage(
+        self, b: Bundle, o: BundleObject, final: Path, tick: Callable[[int], None]
+    ) -> str | None:
+        """Copy an object into `tmp/` while hashing it; once it is synced, it is
+        renamed `final` if it matched. Returns the problem, or None."""
+        self._put(("open", final))
+        problem = read_object(b, o, sink=self._data, tick=tick)
+        self._put(("close", problem is None))
+        return problem
+
+    def finish(self) -> None:
+        """Sync and rename every file staged so far; raises the thread's first error."""
+        done = threading.Event()
+        self._put(("sync", done))
+        done.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _data(self, chunk: bytes) -> None:
+        self._put(("data", chunk))
+
+    def _put(self, item: tuple[str, object]) -> None:
+        if self.error is not None:
+            raise self.error
+        self._q.put(item)
+
+    # -- the writer thread
+
+    def _run(self) -> None:
+        while True:
+            op, arg = self._q.get()
+            try:
+                if op == "stop":
+                    self._drop()
+                    return
+                if op == "sync":
+                    assert isinstance(arg, threading.Event)
+                    try:
+                        if self.error is None:
+                            self._flush()
+                    finally:
+                        arg.set()
+                elif self.error is not None:
+                    continue  # drain what the caller sent before it saw the error
+                elif op == "open":
+                    assert isinstance(arg, Path)
+                    fd, name = tempfile.mkstemp(dir=self._tmp, prefix=STAGED_PREFIX, suffix=".part")
+                    self._fd, self._part, self._final, self._size = fd, Path(name), arg, 0
+                elif op == "data":
+                    assert isinstance(arg, bytes)
+                    view = memoryview(arg)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+                    self._size += len(arg)
+                elif op == "close":
+                    self._close(keep=bool(arg))
+            except BaseException as exc:
+                if self.error is None:
+                    self.error = exc
+                self._drop()
+
+    def _close(self, keep: bool) -> None:
+        fd, part, final = self._fd, self._part, self._final
+        self._fd, self._part, self._final = -1, None, None
+        assert part is not None and final is not None
+        try:
+            os.close(fd)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        if not keep:
+            part.unlink()
+            return
+        self._batch.append((part, final))
+        self._batch_bytes += self._size
+        if self._batch_bytes >= SYNC_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._sync.sync([part for part, _ in self._batch])
+        for part, final in self._batch:
+            os.replace(part, final)
+        self._batch, self._batch_bytes = [], 0
+
+    def _drop(self) -> None:
+        """Remove the file being written and those not synced yet (best effort:
+        whatever stays is a `.part`, which no import reuses and start-up removes)."""
+        parts = [part for part, _ in self._batch]
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if self._part is not None:
+            parts.append(self._part)
+            self._part = self._final = None
+        for part in parts:
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
+        self._batch, self._batch_bytes = [], 0
