@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from cachesrv.config import Config
+from cachesrv.config import Config, load_config
 from cachesrv.models import ArtifactKind, CacheKey, Digest, Entry
 from cachesrv.source import Outcome
 from cachesrv.web import make_app
@@ -132,6 +132,32 @@ async def test_status_page_in_process(
     text = await (await client.get("/_cachesrv/status")).text()
     assert f"{upstream.url}/pool/a.tar.gz" in text and "mode-online" in text
     assert (await client.head("/_cachesrv/status")).status == 200
+
+
+async def test_space_on_the_status_page_metrics_and_stats(
+    aiohttp_client: MakeClient, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    put(upstream, "pool/a.tar.gz", b"abc" * 1000)
+    config = tmp_path / "c.toml"
+    # min_free 99%: no disk here is that empty, so the page must warn (and bodies get 507).
+    config.write_text(
+        f'[upstreams.files]\nkind = "generic"\nurl = "{upstream.url}"\n'
+        '[store]\nmax_size = "2MiB"\nmin_free = "99%"\n'
+    )
+    client = await aiohttp_client(make_app(load_config(config, store=tmp_path / "store")))
+    refused = await client.get("/files/pool/a.tar.gz")
+    assert refused.status == 507 and refused.reason == "Insufficient Storage"
+    assert "min_free" in await refused.text()
+    text = await (await client.get("/_cachesrv/status")).text()
+    assert "Low on space" in text and "disk free (min_free" in text
+    assert "of 2.0 MiB max" in text and "refused: no room (507)" in text
+    space = (await (await client.get("/_cachesrv/api/v1/stats")).json())["space"]
+    assert space["max_size"] == 2 * 1024 * 1024 and space["low_space"] is True
+    assert space["insufficient_storage"] == 1 and space["blob_bytes"] == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert "cachesrv_store_max_bytes 2.097152e+06" in metrics
+    assert "cachesrv_insufficient_storage_total 1.0" in metrics
+    assert 'cachesrv_requests_total{outcome="insufficient_storage",upstream="files"} 1.0' in metrics
 
 
 def test_every_user_derived_string_is_escaped() -> None:
