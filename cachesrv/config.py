@@ -117,6 +117,8 @@ class Config:
     source: str | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: StoreLimits = field(default_factory=StoreLimits)
+    #: `[seed] trusted_keys`: public keys whose signature `seed import` requires.
+    trusted_keys: tuple[Path, ...] = ()
 
     def with_overrides(
         self,
@@ -179,6 +181,7 @@ _SERVER_KEYS = {
 _UPSTREAM_KEYS = {"kind", "url", "file_hosts", "assertions_url"}
 _TLS_KEYS = {"ca_dir", "intercept", "upstream_ca"}
 _STORE_KEYS = {"max_size", "min_free"}
+_SEED_KEYS = {"trusted_keys"}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 _INTERCEPT = re.compile(r"[a-z0-9*?.\[\]-]+(:[0-9]{1,5})?")
@@ -216,7 +219,7 @@ def load_config(path: Path | None = None, *, store: Path | None = None) -> Confi
 
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:
     """Validate a parsed TOML document; every error names the file and key."""
-    unknown = set(raw) - {"server", "upstreams", "tls", "store"}
+    unknown = set(raw) - {"server", "upstreams", "tls", "store", "seed"}
     if unknown:
         raise ConfigError(f"unknown table {sorted(unknown)[0]!r}", file=source)
     server_raw = _table(raw.get("server", {}), source, "server")
@@ -272,7 +275,25 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
     }
     tls = _tls(_table(raw.get("tls", {}), source, "tls"), source)
     limits = _limits(_table(raw.get("store", {}), source, "store"), source)
-    return Config(server=server, upstreams=upstreams, source=source, tls=tls, limits=limits)
+    seed = _table(raw.get("seed", {}), source, "seed")
+    bad = set(seed) - _SEED_KEYS
+    if bad:
+        raise ConfigError("unknown key", file=source, key=f"seed.{sorted(bad)[0]}")
+    keys = seed.get("trusted_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(
+            "must be a list of public key files (seed-signing.pub)",
+            file=source,
+            key="seed.trusted_keys",
+        )
+    return Config(
+        server=server,
+        upstreams=upstreams,
+        source=source,
+        tls=tls,
+        limits=limits,
+        trusted_keys=tuple(Path(k) for k in keys),
+    )
 
 
 def parse_size(text: object) -> int:

@@ -9,6 +9,8 @@ What moves where:
 - `cachesrv_fetched_bytes_total`, `cachesrv_upstream_latency_seconds`,
   `cachesrv_fetches_in_flight`, `cachesrv_stale_served_total`: by the online source.
 - `cachesrv_store_*` and `cachesrv_offline`: read from the index at scrape time.
+- `cachesrv_expired_release_files`: recorded apt `InRelease`/`Release` files past
+  their `Valid-Until` (apt refuses them offline unless told not to), at scrape time.
 - `cachesrv_store_max_bytes`, `..._disk_free_bytes`, `..._min_free_bytes`,
   `..._pinned_bytes`, and the lifecycle counters (`cachesrv_evictions_total`,
   `cachesrv_evicted_bytes_total`, `cachesrv_insufficient_storage_total`,
@@ -97,6 +99,12 @@ class Metrics:
             "cachesrv_misses_logged", "Offline misses in the store's miss log", registry=r
         )
         self.offline = Gauge("cachesrv_offline", "1 when the server is in offline mode", registry=r)
+        self.expired_releases = Gauge(
+            "cachesrv_expired_release_files",
+            "Recorded apt Release files past their Valid-Until: clients need "
+            'Acquire::Check-Valid-Until "false" (cachesrv client-config apt --offline)',
+            registry=r,
+        )
         self.space_gauges = {
             key: Gauge(f"cachesrv_store_{name}", text, registry=r)
             for key, name, text in (

@@ -111,6 +111,8 @@ class Diagnosis:
     seed: str | None
     nearest: tuple[str, ...]
     fixes: tuple[str, ...]
+    #: What else may explain the failure (an apt Release file past its Valid-Until).
+    notes: tuple[str, ...] = ()
 
     def as_text(self) -> str:
         lines = [
@@ -119,6 +121,7 @@ class Diagnosis:
             f"key:    {self.key.url} (upstream {self.key.upstream})",
             f"reason: {self.reason.value}" + (f" (seed {self.seed!r})" if self.seed else ""),
         ]
+        lines.extend(f"note:   {n}" for n in self.notes)
         if self.nearest:
             lines.append("nearest recorded entries:")
             lines.extend(f"  {u}" for u in self.nearest)
@@ -139,4 +142,5 @@ class Diagnosis:
             "seed": self.seed,
             "nearest": list(self.nearest),
             "fix": list(self.fixes),
+            "notes": list(self.notes),
         }

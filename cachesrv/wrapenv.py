@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from .config import Config
 from .errors import ConfigError, WrapError
+from .upstreams.apt import OFFLINE_SETTINGS
 
 SEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Removed from the build's environment: each lets a client go around the server.
@@ -290,31 +291,44 @@ def apt_config_text(
         lines.append(f'#include "{_apt_path(paths.parts, directory=True)}";')
     if paths.main is not None and paths.main.is_file():
         lines.append(f'#include "{_apt_path(paths.main)}";')
-    lines += [
-        'Dir::Etc::Parts "/dev/null";',
-        'Dir::Etc::main "/dev/null";',
-        "#clear Acquire::http::Proxy;",
-        f'Acquire::http::Proxy "{proxy}";',
-        'Acquire::http::Proxy-Auto-Detect "";',
-        'Acquire::http::ProxyAutoDetect "";',
-        "#clear Acquire::https::Proxy;",
-        f'Acquire::https::Proxy "{proxy}";',
-        # What a clean machine asks for: full indices (no diffs against local lists), no
-        # translations. Set online too, so that the recorded seed is what offline needs.
-        'Acquire::PDiffs "false";',
-        'Acquire::Languages "none";',
-    ]
+    lines += ['Dir::Etc::Parts "/dev/null";', 'Dir::Etc::main "/dev/null";']
+    lines += apt_proxy_lines(proxy)
     if ca_bundle is not None:
         lines.append(f'Acquire::https::CAInfo "{_apt_path(ca_bundle)}";')
     if offline:
-        # A recorded Release expires (Valid-Until); offline it is still the one we have.
-        lines.append('Acquire::Check-Valid-Until "false";')
+        lines += apt_offline_lines()
     if sources is not None:
         lines += [
             f'Dir::Etc::SourceList "{_apt_path(sources / "sources.list")}";',
             f'Dir::Etc::SourceParts "{_apt_path(sources / "sources.list.d", directory=True)}";',
         ]
     return "\n".join(lines) + "\n"
+
+
+def apt_proxy_lines(proxy: str) -> list[str]:
+    """apt through the cache at `proxy` (also `cachesrv client-config apt`).
+
+    `#clear` drops per-host proxy settings (`Acquire::http::Proxy::host "DIRECT"`), and
+    proxy auto-detection (auto-apt-proxy) is off. What a clean machine asks for: full
+    indices (no diffs against local lists), no translations; set online too, so that
+    what is recorded is what offline clients ask for.
+    """
+    return [
+        "#clear Acquire::http::Proxy;",
+        f'Acquire::http::Proxy "{proxy}";',
+        'Acquire::http::Proxy-Auto-Detect "";',
+        'Acquire::http::ProxyAutoDetect "";',
+        "#clear Acquire::https::Proxy;",
+        f'Acquire::https::Proxy "{proxy}";',
+        'Acquire::PDiffs "false";',
+        'Acquire::Languages "none";',
+    ]
+
+
+def apt_offline_lines() -> list[str]:
+    """Offline, a recorded Release is the one there is, however old: apt must accept it
+    past its `Valid-Until`, and on a machine whose clock is off (`Check-Date`)."""
+    return list(OFFLINE_SETTINGS)
 
 
 def _apt_path(path: Path, *, directory: bool = False) -> str:

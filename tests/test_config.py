@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cachesrv.config import (
+    _SEED_KEYS,
     _SERVER_KEYS,
     _STORE_KEYS,
     _TLS_KEYS,
@@ -29,7 +30,8 @@ def test_every_key_is_documented_in_the_reference_config() -> None:
     assert documented == _UPSTREAM_KEYS
     assert set(doc["tls"]) == _TLS_KEYS
     assert set(doc["store"]) == _STORE_KEYS
-    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS | _STORE_KEYS:
+    assert set(doc["seed"]) == _SEED_KEYS
+    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS | _STORE_KEYS | _SEED_KEYS:
         assert "# " in REFERENCE.read_text() and key in REFERENCE.read_text()
     # The reference file itself is valid and its upstreams are the built-in defaults.
     config = parse_config(doc, source=str(REFERENCE))

@@ -2,7 +2,7 @@
 
 Errors exit non-zero with one line on stderr; `--debug` shows the traceback.
 Commands live in `commands` (serve, misses, stats, fsck, prefetch, wrap), `seed`,
-`snap` and `ca`; importing them registers them on the apps in `common`.
+`snap`, `ca` and `clientconfig`; importing them registers them on the apps in `common`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import sys
 import typer
 
 from ..errors import CachesrvError
-from . import ca, commands, seed, snap
+from . import ca, clientconfig, commands, seed, snap
 from .common import app, flags, parse_when, seed_app, snap_app
 
 __all__ = [
     "app",
     "ca",
+    "clientconfig",
     "commands",
     "main",
     "parse_when",

@@ -11,7 +11,14 @@ import typer
 from ..errors import ConfigError
 from ..models import Digest
 from ..store import Store
-from .common import ConfigOpt, StoreOpt, open_store, parse_when, seed_app
+from .common import ConfigOpt, StoreOpt, config_for, open_store, parse_when, seed_app
+
+TrustedKeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-key", help="A public key (seed-signing.pub) to trust, besides the config's."
+    ),
+]
 
 # -- seed list / show ----------------------------------------------------------
 
@@ -110,6 +117,10 @@ def seed_export(
         str | None,
         typer.Option(help="Split larger blobs into pieces (1MiB, 500M, 4GiB, fat32)."),
     ] = None,
+    sign: Annotated[
+        Path | None,
+        typer.Option(help="Sign the bundle with this key (seed-signing.key from seed keygen)."),
+    ] = None,
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -120,13 +131,16 @@ def seed_export(
         split = parse_size(split_size) if split_size is not None else None
     except ValueError as exc:
         raise ConfigError(f"--split-size: {exc}") from None
+    cfg = config_for(config, store)
     opts = ExportOptions(
         seeds=tuple(seed or ()),
         since=parse_when(since) if since else None,
         missing_from=missing_from,
         split_size=split,
+        upstream_kinds={name: u.kind for name, u in cfg.upstreams.items()},
+        sign=sign,
     )
-    st = open_store(config, store)
+    st = Store(cfg.store, cfg.limits)
     try:
         report = export_bundle(st, dest, opts)
     finally:
@@ -142,17 +156,33 @@ def seed_import(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Verify and report what would change; change nothing.")
     ] = False,
+    trusted_key: TrustedKeyOpt = None,
+    allow_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsigned",
+            help="Import even though no trusted key signed the bundle (logged).",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Verify a bundle completely, then merge it into the store (all or nothing)."""
+    """Verify a bundle completely, then merge it into the store (all or nothing).
+
+    With trusted keys ([seed] trusted_keys, --trusted-key), a bundle must be signed
+    by one of them (seed export --sign), else it is refused and nothing changes."""
     from ..seed import import_bundle
 
-    st = open_store(config, store)
+    cfg = config_for(config, store)
+    trusted = [*cfg.trusted_keys, *(trusted_key or [])]
+    st = Store(cfg.store, cfg.limits)
     try:
-        report = import_bundle(st, src, dry_run=dry_run)
+        report = import_bundle(
+            st, src, dry_run=dry_run, trusted=trusted, allow_unsigned=allow_unsigned
+        )
     finally:
         st.close()
+    typer.echo(f"bundle {report.signer}", err=True)
     if dry_run:
         for line in report.details():
             typer.echo(line)
@@ -165,11 +195,33 @@ def seed_import(
 @seed_app.command("verify")
 def seed_verify(
     src: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    trusted_key: TrustedKeyOpt = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
 ) -> None:
-    """Check a bundle (format, paths, sizes, every digest) without importing it."""
+    """Check a bundle (format, paths, sizes, every digest) without importing it, and
+    say who signed it (checked against [seed] trusted_keys and --trusted-key)."""
     from ..seed import verify_bundle
+    from ..seed.signing import read_signer
 
+    cfg = config_for(config, store)
+    trusted = [*cfg.trusted_keys, *(trusted_key or [])]
     typer.echo(verify_bundle(src).summary())
+    typer.echo(f"signature: {read_signer(src, trusted).describe()}")
+
+
+@seed_app.command("keygen")
+def seed_keygen(
+    directory: Annotated[Path, typer.Argument(help="Where to write the key pair.")],
+) -> None:
+    """Make an ed25519 key pair for signing bundles: seed-signing.key (mode 0600, stays
+    here) and seed-signing.pub (copy it to the importing site's [seed] trusted_keys)."""
+    from ..seed.signing import key_id, keygen, load_public
+
+    private, public = keygen(directory)
+    typer.echo(f"private key: {private} (mode 0600; export --sign {private})")
+    typer.echo(f"public key:  {public} (key id {key_id(load_public(public))}; trust it where")
+    typer.echo("             bundles are imported: [seed] trusted_keys or --trusted-key)")
 
 
 @seed_app.command("inventory")
@@ -196,4 +248,45 @@ def seed_inventory(
         sys.stdout.write(text)
         typer.echo(summary, err=True)
     else:
+        typer.echo(f"{summary} -> {output}")
+
+
+@seed_app.command("sbom")
+def seed_sbom(
+    seed: Annotated[
+        list[str] | None,
+        typer.Option("--seed", help="Only this named seed (repeatable; default: the whole store)."),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="cyclonedx (CycloneDX 1.5 JSON) or spdx (SPDX 2.3 JSON)."),
+    ] = "cyclonedx",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE (default: stdout).")
+    ] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """An SBOM of the recorded artifacts (packages and files, not index metadata): purl,
+    sha256, blake3, upstream URL and recording time of each."""
+    from ..seed.sbom import FORMATS, collect, select_entries, write_sbom
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    cfg = config_for(config, store)
+    kinds = {name: u.kind for name, u in cfg.upstreams.items()}
+    st = Store(cfg.store, cfg.limits)
+    try:
+        seeds = tuple(seed or ())
+        artifacts = collect(st, select_entries(st, seeds), kinds)
+    finally:
+        st.close()
+    subject = "seed " + ", ".join(seeds) if seeds else f"store {cfg.store}"
+    text = write_sbom(artifacts, subject, fmt)
+    summary = f"seed sbom: {len(artifacts)} artifacts of {subject} ({fmt})"
+    if output is None:
+        sys.stdout.write(text)
+        typer.echo(summary, err=True)
+    else:
+        output.write_text(text)
         typer.echo(f"{summary} -> {output}")

@@ -6,7 +6,8 @@ re-writing on a USB disk, and it catches an object damaged since), rewrites the
 rest and removes what the new selection does not hold. Each object file is
 written beside its final name, fsynced and renamed (`SyncQueue`), so a name is
 never a half-written file; the directories are fsynced, then `manifest.jsonl`,
-then `cachesrv-seed.json`, last. An existing `cachesrv-seed.json` is removed first,
+then `sbom.cdx.json` (a CycloneDX SBOM of the listed artifacts, `sbom.py`), then
+`cachesrv-seed.json`, last. An existing `cachesrv-seed.json` is removed first,
 so a bundle is marked incomplete for as long as it is being changed.
 """
 
@@ -19,7 +20,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,8 @@ from .bundle import (
     write_atomic,
 )
 from .inventory import read_inventory
+from .sbom import BUNDLE_SBOM, collect, sbom_cyclonedx
+from .signing import SIGNATURE, load_private, signature_document
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class ExportOptions:
     missing_from: Path | None = None
     #: Split objects larger than this into `.partNNN` pieces of this size.
     split_size: int | None = None
+    #: Upstream name -> kind, from the config (how the SBOM names artifacts).
+    upstream_kinds: Mapping[str, str] = field(default_factory=dict)
+    #: An ed25519 private key (`seed keygen`) to sign the bundle's metadata with.
+    sign: Path | None = None
 
 
 @dataclass
@@ -177,6 +184,7 @@ def export_bundle(store: Store, dest: Path, opts: ExportOptions) -> ExportReport
     start = time.monotonic()
     if opts.split_size is not None and opts.split_size < MIN_SPLIT:
         raise SeedError(f"--split-size must be at least {human_bytes(MIN_SPLIT)}")
+    signing_key = load_private(opts.sign) if opts.sign is not None else None
     sel = select(store, opts)
     report = ExportReport(dest, skipped=list(sel.skipped))
     try:
@@ -218,6 +226,11 @@ def export_bundle(store: Store, dest: Path, opts: ExportOptions) -> ExportReport
         listed = [(e, shipped) for e, shipped in sel.entries if e.digest.hex not in bad]
         manifest = "".join(entry_line(e, shipped) + "\n" for e, shipped in listed).encode()
         write_atomic(dest / MANIFEST, manifest)
+        artifacts = collect(store, [e for e, _ in listed], opts.upstream_kinds)
+        subject = "seed bundle of " + (
+            "seed " + ", ".join(opts.seeds) if opts.seeds else f"store {store.root}"
+        )
+        write_atomic(dest / BUNDLE_SBOM, sbom_cyclonedx(artifacts, subject).encode())
         objects = {d: n for d, n in sel.objects.items() if d not in bad}
         meta = Metadata(
             entries=len(listed),
@@ -228,7 +241,10 @@ def export_bundle(store: Store, dest: Path, opts: ExportOptions) -> ExportReport
             source_host=socket.gethostname(),
             selection=sel.description,
         )
-        write_atomic(dest / METADATA, meta.to_json().encode())
+        metadata = meta.to_json().encode()
+        if signing_key is not None:  # before the metadata, which is written last
+            write_atomic(dest / SIGNATURE, signature_document(signing_key, metadata))
+        write_atomic(dest / METADATA, metadata)
     except OSError as exc:
         hint = " (a FAT32 disk holds files up to 4 GiB - 1: use --split-size fat32)"
         raise SeedError(
@@ -247,7 +263,7 @@ def _prepare(dest: Path) -> dict[str, int]:
     if dest.exists() and not dest.is_dir():
         raise SeedError(f"{dest}: not a directory")
     dest.mkdir(parents=True, exist_ok=True)
-    ours = {METADATA, MANIFEST, OBJECTS}
+    ours = {METADATA, MANIFEST, OBJECTS, BUNDLE_SBOM, SIGNATURE}
     ours |= {temp_name(Path(n)).name for n in ours}
     with os.scandir(dest) as it:
         strangers = sorted(de.name for de in it if de.name not in ours)
@@ -258,7 +274,8 @@ def _prepare(dest: Path) -> dict[str, int]:
         )
     # From here on the bundle is incomplete until the metadata is written again.
     (dest / METADATA).unlink(missing_ok=True)
-    for n in (METADATA, MANIFEST):
+    (dest / SIGNATURE).unlink(missing_ok=True)  # made anew, or the bundle is unsigned
+    for n in (METADATA, MANIFEST, BUNDLE_SBOM, SIGNATURE):
         temp_name(dest / n).unlink(missing_ok=True)
     fsync_dir(dest)
     objects = dest / OBJECTS

@@ -36,7 +36,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from ..store import Store
 from ..store.blobs import BatchSync, BlobStore
 from .bundle import CHUNK, HEX64, human_bytes, rate
 from .reader import Bundle, BundleObject, open_bundle, read_object
+from .signing import check_trust
 
 STAGED_PREFIX = "seed-"
 #: Bytes staged between two syncs of the store's disk: what an interrupted import
@@ -73,6 +75,8 @@ class ImportReport:
     present: int = 0
     released: int = 0
     seconds: float = 0.0
+    #: Who signed the bundle (seed/signing.py), as `seed verify` says it.
+    signer: str = "not signed"
 
     @property
     def changed(self) -> bool:
@@ -112,12 +116,23 @@ class _Plan:
     release: list[Digest] = field(default_factory=list)
 
 
-def import_bundle(store: Store, src: Path, *, dry_run: bool = False) -> ImportReport:
+def import_bundle(
+    store: Store,
+    src: Path,
+    *,
+    dry_run: bool = False,
+    trusted: Sequence[Path] = (),
+    allow_unsigned: bool = False,
+) -> ImportReport:
     """Verify `src` and merge it into `store`; raises SeedError listing every
-    problem, leaving the store unchanged. With `dry_run`, verify and report only."""
+    problem, leaving the store unchanged. With `dry_run`, verify and report only.
+    With `trusted` keys, a bundle that none of them signed is refused first
+    (seed/signing.py), unless `allow_unsigned`."""
     start = time.monotonic()
+    signer = check_trust(src, trusted, allow_unsigned=allow_unsigned)
     b = open_bundle(src)
     report = ImportReport(src, dry_run=dry_run, entries=len(b.entries))
+    report.signer = signer.describe()
     if b.meta is None:
         raise b.reject("bad seed bundle")
     conflicts: list[str] = []
@@ -267,38 +282,53 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Piece:
+    """Bytes of one object for the writer thread: all of a small object in one piece
+    (a hand-over costs a thread switch), a big one in pieces of about `CHUNK`."""
+
+    final: Path
+    chunks: list[bytes]
+    #: The object's last piece, and whether it matched (else its file goes).
+    last: bool = False
+    keep: bool = False
+
+
 class _Stager:
     """Writes the objects being imported into the store's `tmp/`, on a thread of its own.
 
     The caller reads and hashes the bundle on its thread, one object after the
-    other (`read_object`), and hands the chunks over; this thread creates and fills
+    other (`read_object`), and hands the bytes over; this thread creates and fills
     the `tmp/seed-*.part` files. So hashing (blake3 and sha256 of every byte)
     overlaps the store's file creation and writes, while the bundle is still read
-    in order by one reader (two would make a USB hard disk seek between them).
+    in order by one reader (two would make a USB hard disk seek between them), and
+    what is written is exactly what was hashed.
 
     Files are not fsynced one by one: every `SYNC_BYTES`, and at `finish`, the
     files written since the last sync are made durable at once (`BatchSync`: one
     syncfs of the store's filesystem, the guarantee of an fsync of each; see there),
     and only then is each renamed `seed-<digest>`, the name that tells an import
-    resumed after an interruption that a file is verified and on disk. The first
-    error of this thread is raised in the caller's next call; files that had not
-    been synced are then removed, and so they are when the stager is left without
-    `finish` (a bad bundle).
+    resumed after an interruption that a file is verified and on disk. A third
+    thread syncs and renames a batch while the next one is written (one batch at a
+    time). The first error of either is raised in the caller's next call; files
+    that had not been synced are then removed, and so they are when the stager is
+    left without `finish` (a bad bundle).
     """
 
     def __init__(self, blobs: BlobStore) -> None:
         self._tmp = blobs.tmp
         self._sync = BatchSync(blobs)  # before any file of the batch is written
-        #: ("open", final) ("data", bytes)... ("close", keep) per object; ("sync", done)
-        self._q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=32)
+        #: Pieces; an Event: sync, then set it; None: stop.
+        self._q: queue.Queue[_Piece | threading.Event | None] = queue.Queue(maxsize=32)
         self.error: BaseException | None = None
         # Owned by the writer thread:
         self._fd = -1
         self._part: Path | None = None
-        self._final: Path | None = None
         self._size = 0
         self._batch: list[tuple[Path, Path]] = []
         self._batch_bytes = 0
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="seed-sync")
+        self._syncing: tuple[Future[None], list[tuple[Path, Path]]] | None = None
         self._thread = threading.Thread(target=self._run, name="seed-stage", daemon=True)
         self._thread.start()
 
@@ -306,8 +336,9 @@ class _Stager:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._q.put(("stop", None))
+        self._q.put(None)
         self._thread.join()
+        self._syncer.shutdown()
         self._sync.close()
 
     # -- the caller's side
@@ -317,23 +348,31 @@ class _Stager:
     ) -> str | None:
         """Copy an object into `tmp/` while hashing it; once it is synced, it is
         renamed `final` if it matched. Returns the problem, or None."""
-        self._put(("open", final))
-        problem = read_object(b, o, sink=self._data, tick=tick)
-        self._put(("close", problem is None))
+        piece = _Piece(final, [])
+        held = 0
+
+        def sink(chunk: bytes) -> None:
+            nonlocal piece, held
+            piece.chunks.append(chunk)
+            held += len(chunk)
+            if held >= CHUNK:
+                self._put(piece)
+                piece, held = _Piece(final, []), 0
+
+        problem = read_object(b, o, sink=sink, tick=tick)
+        piece.last, piece.keep = True, problem is None
+        self._put(piece)
         return problem
 
     def finish(self) -> None:
         """Sync and rename every file staged so far; raises the thread's first error."""
         done = threading.Event()
-        self._put(("sync", done))
+        self._put(done)
         done.wait()
         if self.error is not None:
             raise self.error
 
-    def _data(self, chunk: bytes) -> None:
-        self._put(("data", chunk))
-
-    def _put(self, item: tuple[str, object]) -> None:
+    def _put(self, item: _Piece | threading.Event) -> None:
         if self.error is not None:
             raise self.error
         self._q.put(item)
@@ -342,72 +381,91 @@ class _Stager:
 
     def _run(self) -> None:
         while True:
-            op, arg = self._q.get()
-            try:
-                if op == "stop":
-                    self._drop()
-                    return
-                if op == "sync":
-                    assert isinstance(arg, threading.Event)
-                    try:
-                        if self.error is None:
-                            self._flush()
-                    finally:
-                        arg.set()
-                elif self.error is not None:
-                    continue  # drain what the caller sent before it saw the error
-                elif op == "open":
-                    assert isinstance(arg, Path)
-                    fd, name = tempfile.mkstemp(dir=self._tmp, prefix=STAGED_PREFIX, suffix=".part")
-                    self._fd, self._part, self._final, self._size = fd, Path(name), arg, 0
-                elif op == "data":
-                    assert isinstance(arg, bytes)
-                    view = memoryview(arg)
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-                    self._size += len(arg)
-                elif op == "close":
-                    self._close(keep=bool(arg))
-            except BaseException as exc:
-                if self.error is None:
-                    self.error = exc
+            item = self._q.get()
+            if item is None:
                 self._drop()
+                return
+            try:
+                if self.error is not None:
+                    pass  # drain what the caller sent before it saw the error
+                elif isinstance(item, threading.Event):
+                    self._flush()
+                    self._synced()
+                else:
+                    self._write(item)
+            except BaseException as exc:
+                self.error = exc
+                self._drop()
+            finally:
+                if isinstance(item, threading.Event):
+                    item.set()  # only now: `finish` must see the error of its own sync
 
-    def _close(self, keep: bool) -> None:
-        fd, part, final = self._fd, self._part, self._final
-        self._fd, self._part, self._final = -1, None, None
-        assert part is not None and final is not None
+    def _write(self, piece: _Piece) -> None:
+        if piece.last and not piece.keep:
+            self._drop_current()  # a bad object: its bytes need not reach the disk
+            return
+        if self._part is None:
+            fd, name = tempfile.mkstemp(dir=self._tmp, prefix=STAGED_PREFIX, suffix=".part")
+            self._fd, self._part, self._size = fd, Path(name), 0
+        for chunk in piece.chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self._size += len(chunk)
+        if not piece.last:
+            return
+        part, self._part = self._part, None
+        fd, self._fd = self._fd, -1
         try:
             os.close(fd)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        if not keep:
-            part.unlink()
-            return
-        self._batch.append((part, final))
+        self._batch.append((part, piece.final))
         self._batch_bytes += self._size
         if self._batch_bytes >= SYNC_BYTES:
             self._flush()
 
     def _flush(self) -> None:
-        self._sync.sync([part for part, _ in self._batch])
-        for part, final in self._batch:
-            os.replace(part, final)
-        self._batch, self._batch_bytes = [], 0
+        """Have the batch synced and renamed, once the previous one is."""
+        self._synced()
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._syncing = (self._syncer.submit(self._sync_and_rename, batch), batch)
 
-    def _drop(self) -> None:
-        """Remove the file being written and those not synced yet (best effort:
-        whatever stays is a `.part`, which no import reuses and start-up removes)."""
-        parts = [part for part, _ in self._batch]
+    def _synced(self) -> None:
+        """Wait for the batch being synced; raise its error."""
+        if self._syncing is not None:
+            fut = self._syncing[0]
+            fut.result()
+            self._syncing = None
+
+    def _sync_and_rename(self, batch: list[tuple[Path, Path]]) -> None:
+        self._sync.sync([part for part, _ in batch])
+        for part, final in batch:
+            os.replace(part, final)
+
+    def _drop_current(self) -> None:
+        """Remove the file being written, if any (best effort: whatever stays is a
+        `.part`, which no import reuses and start-up removes)."""
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
         if self._part is not None:
-            parts.append(self._part)
-            self._part = self._final = None
-        for part in parts:
+            with contextlib.suppress(OSError):
+                self._part.unlink(missing_ok=True)
+            self._part = None
+
+    def _drop(self) -> None:
+        """Remove the file being written and those not synced yet."""
+        self._drop_current()
+        if self._syncing is not None:
+            fut, batch = self._syncing
+            self._syncing = None
+            with contextlib.suppress(BaseException):
+                fut.result()
+            self._batch += batch  # those renamed are gone from their .part names
+        for part, _ in self._batch:
             with contextlib.suppress(OSError):
                 part.unlink(missing_ok=True)
         self._batch, self._batch_bytes = [], 0

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from ..errors import AccessDenied, BadRequest, MethodNotAllowed, NotFound, Unauthorized
 from ..metrics import CONTENT_TYPE
 from ..models import Digest, Mode
+from ..offline import expired_releases
 from .keys import STATE
 from .status import status_page
 
@@ -129,6 +130,10 @@ async def metrics(request: web.Request) -> web.Response:
     idx = state.store.index
     state.metrics.update_store(await idx.run(idx.stats), offline=state.mode is Mode.OFFLINE)
     state.metrics.update_space(await idx.run(state.store.lifecycle.space))
+    expired = await idx.run(
+        expired_releases, state.store, state.config.upstreams.values(), time.time()
+    )
+    state.metrics.expired_releases.set(len(expired))
     return web.Response(
         body=state.metrics.render(),
         headers={hdrs.CONTENT_TYPE: CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},

@@ -11,13 +11,16 @@ import datetime as dt
 import html
 import shlex
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
 from ..models import Entry
+from ..offline import ExpiredRelease, expired_releases
 from ..source import Outcome
+from ..upstreams.apt import OFFLINE_SETTINGS
 from .keys import STATE
 
 #: How far back the page looks for misses, and how many it lists.
@@ -37,6 +40,7 @@ async def status_page(request: web.Request) -> web.Response:
     seeds = await idx.run(idx.seeds)
     recent = await idx.run(idx.recent_entries, RECENT_ROWS)
     space = await idx.run(state.store.lifecycle.space)
+    expired = await idx.run(expired_releases, state.store, state.config.upstreams.values(), now)
     page = render(
         mode=state.mode.value,
         uptime=now - state.started,
@@ -49,6 +53,7 @@ async def status_page(request: web.Request) -> web.Response:
         recent=recent,
         now=now,
         space=space,
+        expired=expired,
     )
     return web.Response(
         text=page,
@@ -75,6 +80,7 @@ def render(
     recent: list[Entry],
     now: float,
     space: dict[str, Any] | None = None,
+    expired: Sequence[ExpiredRelease] = (),
 ) -> str:
     """The whole page. Pure: the same data always renders the same HTML."""
     e = html.escape
@@ -93,6 +99,11 @@ def render(
             (f"{len(misses):,}", "URLs missed (30 days)", bool(misses)),
             (f"{stats['quarantined']:,}", "quarantined blobs", bool(stats["quarantined"])),
             *_space_cards(space),
+            *(
+                [(f"{len(expired):,}", "apt Release files past Valid-Until", True)]
+                if expired
+                else []
+            ),
         )
     )
     warning = ""
@@ -120,6 +131,7 @@ def render(
         f'<p class="sub">version {e(__version__)} · up {e(human_duration(uptime))} · '
         f"{e(_when(now, now))}</p></header>"
         f'<div class="cards">{cards}</div>{warning}'
+        + _expired_section(expired, now, offline=mode == "offline")
         + _upstreams_table(stats, upstreams)
         + _outcomes_table(totals, hit_ratio)
         + _misses_section(misses, now)
@@ -146,6 +158,33 @@ def _space_cards(space: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
         (f"{space['insufficient_storage']:,}", "refused: no room (507)",
          bool(space["insufficient_storage"])),
     ]  # fmt: skip
+
+
+def _expired_section(expired: Sequence[ExpiredRelease], now: float, *, offline: bool) -> str:
+    """The recorded Release files apt refuses as expired, and the client setting."""
+    if not expired:
+        return ""
+    e = html.escape
+    n = len(expired)
+    rows = "".join(
+        f"<tr><td class=url>{e(r.key.url)}</td>"
+        f"<td class=when>{e(_when(r.date, now)) if r.date is not None else '–'}</td>"
+        f"<td class=when>{e(_when(r.valid_until, now))}</td></tr>"
+        for r in expired
+    )
+    online = "" if offline else " Online, a client that asks again gets a fresh copy from upstream."
+    return (
+        '<section class="expired"><h2>Expired apt Release files</h2>'
+        f'<p class="warning">{n:,} recorded apt Release file{"" if n == 1 else "s"} '
+        f"{'is' if n == 1 else 'are'} past {'its' if n == 1 else 'their'} Valid-Until: "
+        "apt refuses them (<code>Release file … is expired</code>) unless the client sets "
+        + " ".join(f"<code>{e(setting)}</code>" for setting in OFFLINE_SETTINGS)
+        + ". Install the output of <code>cachesrv client-config apt --offline</code> on "
+        "each machine (in <code>/etc/apt/apt.conf.d/</code>), or build with "
+        f"<code>cachesrv wrap --offline</code>, which sets them.{e(online)}</p>"
+        "<table><thead><tr><th>Release file</th><th>Date</th><th>Valid-Until</th></tr>"
+        "</thead><tbody>" + rows + "</tbody></table></section>"
+    )
 
 
 def _upstreams_table(stats: dict[str, Any], upstreams: dict[str, tuple[str, str]]) -> str:
