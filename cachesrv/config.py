@@ -299,7 +299,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
 def parse_size(text: object) -> int:
     """`"200GiB"`, `"1.5 TB"`, `"512MiB"`, `4096` -> bytes (KiB = 1024, kB = 1000)."""
     if isinstance(text, float | bool):
-        raise ValueError(f"{text!r}: write a size as a string such as \"5GiB\" or \"5%\"")
+        raise ValueError(f'{text!r}: write a size as a string such as "5GiB" or "5%"')
     if isinstance(text, int):
         if text < 0:
             raise ValueError("a size cannot be negative")

@@ -27,6 +27,7 @@ from spdx_tools.spdx.validation.document_validator import validate_full_spdx_doc
 from cachesrv.errors import SeedError
 from cachesrv.models import ArtifactKind, CacheKey, Digest, Entry
 from cachesrv.seed import ExportOptions, export_bundle, import_bundle, verify_bundle
+from cachesrv.seed.bundle import METADATA
 from cachesrv.seed.sbom import (
     BUNDLE_SBOM,
     Identity,
@@ -456,8 +457,18 @@ def test_every_bundle_carries_its_sbom_and_imports_with_or_without_it(
     with closing(Store(tmp_path / "b")) as b:
         assert import_bundle(b, bundle).changed
         assert set(b.index.seed_keys("build")) == set(store.index.seed_keys("build"))
-    # A bundle from before SBOMs (no sbom.cdx.json) still verifies and imports.
+    # The metadata pins the SBOM (and so does a signature over it): a changed one is
+    # a bad bundle.
+    sbom = (bundle / BUNDLE_SBOM).read_bytes()
+    (bundle / BUNDLE_SBOM).write_bytes(sbom.replace(b"pkg:", b"pkg:evil/", 1))
+    with pytest.raises(SeedError) as refused:
+        verify_bundle(bundle)
+    assert any(p.startswith("sbom.cdx.json: blake3") for p in refused.value.problems)
+    # A bundle from before SBOMs (no sbom.cdx.json, no sbom_blake3) verifies and imports.
     (bundle / BUNDLE_SBOM).unlink()
+    meta = json.loads((bundle / METADATA).read_text())
+    del meta["sbom_blake3"]
+    (bundle / METADATA).write_text(json.dumps(meta))
     verify_bundle(bundle)
     with closing(Store(tmp_path / "c")) as c:
         assert import_bundle(c, bundle).changed

@@ -36,6 +36,8 @@ from ..models import ArtifactKind, CacheKey, Digest, Entry
 FORMAT = "cachesrv-seed"
 VERSION = 1
 METADATA = "cachesrv-seed.json"
+#: The bundle's CycloneDX SBOM (seed/sbom.py), pinned by `Metadata.sbom_blake3`.
+BUNDLE_SBOM = "sbom.cdx.json"
 MANIFEST = "manifest.jsonl"
 OBJECTS = "objects"
 #: Read/write size when copying and hashing objects.
@@ -232,6 +234,8 @@ class Metadata:
     created: str = field(default_factory=now_iso)
     source_host: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
+    #: The blake3 of `sbom.cdx.json`, so that the metadata (and its signature) pins it.
+    sbom_blake3: str | None = None
 
     def to_json(self) -> str:
         return (
@@ -247,6 +251,7 @@ class Metadata:
                     "split_size": self.split_size,
                     "manifest_blake3": self.manifest_blake3,
                     "selection": self.selection,
+                    **({"sbom_blake3": self.sbom_blake3} if self.sbom_blake3 else {}),
                 },
                 indent=2,
             )
@@ -284,6 +289,9 @@ def parse_metadata(raw: bytes) -> Metadata:
     if split is not None and (not isinstance(split, int) or isinstance(split, bool) or split < 1):
         raise ValueError(f"{METADATA}: split_size {split!r} is not a positive size")
     selection = obj.get("selection")
+    sbom = obj.get("sbom_blake3")
+    if sbom is not None and (not isinstance(sbom, str) or not HEX64.fullmatch(sbom)):
+        raise ValueError(f"{METADATA}: sbom_blake3 is not 64 hex characters")
     return Metadata(
         entries=obj["entries"],
         objects=obj["objects"],
@@ -293,6 +301,7 @@ def parse_metadata(raw: bytes) -> Metadata:
         created=str(obj.get("created", "")),
         source_host=str(obj.get("source_host", "")),
         selection=selection if isinstance(selection, dict) else {},
+        sbom_blake3=sbom,
     )
 
 

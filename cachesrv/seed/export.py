@@ -230,13 +230,15 @@ def export_bundle(store: Store, dest: Path, opts: ExportOptions) -> ExportReport
         subject = "seed bundle of " + (
             "seed " + ", ".join(opts.seeds) if opts.seeds else f"store {store.root}"
         )
-        write_atomic(dest / BUNDLE_SBOM, sbom_cyclonedx(artifacts, subject).encode())
+        sbom = sbom_cyclonedx(artifacts, subject).encode()
+        write_atomic(dest / BUNDLE_SBOM, sbom)
         objects = {d: n for d, n in sel.objects.items() if d not in bad}
         meta = Metadata(
             entries=len(listed),
             objects=len(objects),
             bytes=sum(objects.values()),
             manifest_blake3=blake3.blake3(manifest).hexdigest(),
+            sbom_blake3=blake3.blake3(sbom).hexdigest(),
             split_size=split,
             source_host=socket.gethostname(),
             selection=sel.description,

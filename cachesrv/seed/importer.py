@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import queue
 import shutil
@@ -57,6 +58,8 @@ STAGED_PREFIX = "seed-"
 #: may have to read from the bundle again (what was synced before stays staged).
 #: A sync costs a journal commit and a cache flush: at 256 MiB, nothing to speak of.
 SYNC_BYTES = 256 << 20
+#: How far past the object being hashed the kernel is asked to read the bundle.
+READAHEAD = 32 << 20
 
 
 @dataclass
@@ -147,10 +150,12 @@ def import_bundle(
         ready = {de.name for de in it if HEX64.fullmatch(de.name.removeprefix(STAGED_PREFIX))}
     try:
         with progress("seed import", total, unit_bytes=True) as tick, _Stager(store.blobs) as st:
-            for o in plan.fetch:
+            ahead = _Readahead(b, plan.fetch)
+            for i, o in enumerate(plan.fetch):
                 final = store.blobs.tmp / f"{STAGED_PREFIX}{o.digest}"
                 if o.digest in b.broken:
                     continue
+                ahead.reach(i)
                 if check_only:
                     problem = read_object(b, o, tick=tick)
                 elif final.name in ready and _is_blob(final, o):
@@ -280,6 +285,42 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+class _Readahead:
+    """Asks the kernel to read the bundle's next objects (`READAHEAD` bytes past the
+    one being read) while this one is hashed and written.
+
+    Objects are read one file after the other; on a cold cache (a bundle on a USB
+    disk) the disk would otherwise idle while a file is hashed, and the CPU while
+    the next is read: cold, this made a 1 GiB import of small objects 1.5x faster.
+    Only a hint (posix_fadvise): what it cannot open is left to `read_object`.
+    """
+
+    def __init__(self, b: Bundle, objects: list[BundleObject]) -> None:
+        self._b = b
+        self._objects = objects
+        self._starts = list(itertools.accumulate((o.size for o in objects), initial=0))
+        self._next = 0  # the first object not asked for yet
+
+    def reach(self, i: int) -> None:
+        """Object `i` is read next: ask for those that start within `READAHEAD` of it."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        limit = self._starts[i] + READAHEAD
+        while self._next < len(self._objects) and self._starts[self._next] < limit:
+            left = READAHEAD  # of one big object, the kernel's own readahead reads on
+            for rel, size in self._objects[self._next].files():
+                if left <= 0:
+                    break
+                with contextlib.suppress(OSError):
+                    fd = os.open(self._b.root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+                    try:
+                        os.posix_fadvise(fd, 0, min(size, left), os.POSIX_FADV_WILLNEED)
+                    finally:
+                        os.close(fd)
+                left -= size
+            self._next += 1
 
 
 @dataclass

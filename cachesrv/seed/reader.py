@@ -24,6 +24,7 @@ from ..errors import SeedError
 from ..models import Entry
 from ..progress import progress
 from .bundle import (
+    BUNDLE_SBOM,
     CHUNK,
     FANOUT,
     MANIFEST,
@@ -132,6 +133,7 @@ def open_bundle(root: Path) -> Bundle:
         b.problems.append(f"{MANIFEST} is missing")
     if b.meta is not None:
         _check_counts(b, b.meta)
+        _check_sbom(b, b.meta)
     if OBJECTS in top:
         try:
             _check_objects(b)
@@ -142,6 +144,22 @@ def open_bundle(root: Path) -> Bundle:
         b.broken.update(b.shipped)
         b.problems.append(f"{OBJECTS}/ is missing ({len(b.shipped)} objects expected)")
     return b
+
+
+def _check_sbom(b: Bundle, meta: Metadata) -> None:
+    """The SBOM a bundle carries must be the one its metadata (and signature) pins."""
+    if meta.sbom_blake3 is None:
+        return  # an older bundle: its SBOM, if any, is informational
+    path = b.root / BUNDLE_SBOM
+    try:
+        digest = blake3.blake3(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        b.problems.append(f"{BUNDLE_SBOM}: cannot read: {exc.strerror}")
+        return
+    if digest != meta.sbom_blake3:
+        b.problems.append(
+            f"{BUNDLE_SBOM}: blake3 is {digest}, the metadata says {meta.sbom_blake3}"
+        )
 
 
 def _scan_top(b: Bundle) -> set[str]:

@@ -44,6 +44,7 @@ from .. import __version__
 from ..errors import SeedError
 from ..models import ArtifactKind, Entry
 from ..store import Store
+from .bundle import BUNDLE_SBOM
 from .purls import Identity, is_artifact, purl_of, role_of
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 #: The SBOM every bundle carries (beside the manifest, written before the metadata).
-BUNDLE_SBOM = "sbom.cdx.json"
 FORMATS = ("cyclonedx", "spdx")
 #: Recorded snap store answers larger than this are not read for snap names.
 _MAX_ANSWER = 16 << 20
