@@ -65,16 +65,8 @@ PHASES = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Interrupted(BaseException):
-    """A signal (Ctrl-C, SIGTERM, --max-minutes): past every `except Exception`."""
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+log = procs.log
+Interrupted = procs.Interrupted
 
 
 class Failed(Exception):
@@ -480,9 +472,7 @@ def main(argv: list[str]) -> int:
     if shutil.which("curl") is None:
         sys.exit("curl not found: apt-get install curl")
     t_start = time.monotonic()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, _on_signal)
-    signal.alarm(max(1, int(args.max_minutes * 60)))
+    procs.bound_run(args.max_minutes)
     remove_stale_work()
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
     pg = procs.Processes()
@@ -518,14 +508,7 @@ def main(argv: list[str]) -> int:
         log(f"stopped by {exc}; cleaning up")
         rc = 130
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        pg.stop_all()
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        procs.end_run(pg, work, keep=args.keep)
     return rc
 
 

@@ -28,7 +28,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,16 +71,8 @@ def name_scenarios(spec: corpus_mod.Spec, clients: int) -> None:
     CROWD = f"{clients} clients, 1 cold {big} file"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Interrupted(BaseException):
-    """A signal (Ctrl-C, SIGTERM, SIGHUP, --max-minutes): past every `except Exception`."""
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+log = procs.log
+Interrupted = procs.Interrupted
 
 
 # -- command line ---------------------------------------------------------------------
@@ -928,11 +919,7 @@ def main(argv: list[str]) -> int:
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             sys.exit(f"{tool} not found: `apt-get install -y nginx wrk apt-cacher-ng` first")
     os.environ["PATH"] += os.pathsep + "/usr/sbin:/sbin"
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    signal.signal(signal.SIGALRM, _on_signal)
-    signal.alarm(int(args.max_minutes * 60))
+    procs.bound_run(args.max_minutes)
 
     ncpu = os.cpu_count() or 1
     server_cpu, load_cpu, all_cpus = ("0", "1", "0,1") if ncpu >= 2 else (None, None, None)
@@ -981,14 +968,7 @@ def main(argv: list[str]) -> int:
         log(f"stopped by {exc}; cleaning up")
         rc = 130
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        pg.stop_all()
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        procs.end_run(pg, work, keep=args.keep)
     return rc
 
 

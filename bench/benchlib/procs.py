@@ -13,9 +13,11 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,40 @@ class Processes:
         for proc in reversed(list(self.procs)):
             with contextlib.suppress(Exception):  # keep stopping the others
                 self.stop(proc, timeout=10)
+
+
+# -- a bounded run: signals, a deadline, clean-up --------------------------------
+
+
+class Interrupted(BaseException):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP, the deadline): past every `except Exception`."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def bound_run(max_minutes: float) -> None:
+    """Make SIGTERM, SIGINT and SIGHUP raise `Interrupted`, and so does a deadline."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, _on_signal)
+    signal.alarm(max(1, int(max_minutes * 60)))
+
+
+def end_run(pg: Processes, work: Path, *, keep: bool) -> None:
+    """Stop the deadline and every process started, then remove `work` unless kept."""
+    signal.alarm(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pg.stop_all()
+    if keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- ports -------------------------------------------------------------------------
