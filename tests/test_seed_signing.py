@@ -180,3 +180,23 @@ def test_without_trusted_keys_a_signature_is_reported_not_required(
     export(src.root, bundle)
     assert not (bundle / "cachesrv-seed.sig").exists()
     assert os.listdir(bundle)
+
+
+def test_a_garbled_signature_file_is_refused_not_a_crash(
+    tmp_path: Path, stores: Callable[[str], Store]
+) -> None:
+    src = stores("src")
+    record(src, URL, GOOD)
+    private, public = keys(tmp_path, "k")
+    bundle = tmp_path / "bundle"
+    export(src.root, bundle, "--sign", private)
+    target = stores("target")
+    before = snapshot(target.root)
+    for garbage in (b"\xff\x00 not json", b'{"algorithm": "rsa"}', b'{"algorithm": "ed25519"}'):
+        (bundle / "cachesrv-seed.sig").write_bytes(garbage)
+        out = run_cli(
+            "seed", "import", bundle, "--store", target.root, "--trusted-key", public, check=False
+        )
+        assert out.returncode == 1 and "refused" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+        assert snapshot(target.root) == before
