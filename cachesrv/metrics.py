@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .source import Outcome
+from .sources.base import Outcome
 
 #: Outcomes answered from the store without fetching a body upstream.
 SERVED_FROM_STORE = frozenset({Outcome.HIT, Outcome.REVALIDATED, Outcome.STALE})

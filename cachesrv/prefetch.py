@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .errors import BadRequest, CachesrvError
-from .fetch import make_session
 from .metrics import Metrics
 from .progress import progress
-from .source import Outcome, Request, Stored
-from .sources import online_source
+from .sources.base import Outcome, Request, Stored
+from .sources.chains import online_source
+from .sources.online import make_session
 from .store import Store
 from .upstreams import git
 from .upstreams.router import Router

@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 
 from .config import Config, UpstreamConfig
 from .errors import CachesrvError, ConfigError, NotFound
-from .fetch import OnlineSource, make_session
 from .metrics import Metrics
-from .snapstore import SnapStore
-from .source import Generated, Request, Stored
+from .sources.base import Generated, Request, Stored
+from .sources.online import OnlineSource, make_session
+from .sources.snapstore import SnapStore
 from .store import Store
 from .upstreams import snap, snapasserts
 from .upstreams.router import Router

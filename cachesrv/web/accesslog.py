@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
-from ..source import Outcome
+from ..sources.base import Outcome
 from .keys import STATE
 from .middleware import OUTCOME, UPSTREAM
 

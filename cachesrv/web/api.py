@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler
 from ..errors import AccessDenied, BadRequest, MethodNotAllowed, NotFound, Unauthorized
 from ..metrics import CONTENT_TYPE
 from ..models import Digest, Mode
-from ..offline import expired_releases
+from ..sources.offline import expired_releases
 from .keys import STATE
 from .status import status_page
 

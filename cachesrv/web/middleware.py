@@ -28,7 +28,7 @@ from ..errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
-from ..source import Outcome
+from ..sources.base import Outcome
 from .keys import STATE
 from .target import names_this_server
 

@@ -6,7 +6,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from ..errors import CachesrvError, MethodNotAllowed
-from ..source import Generated, Request, Stored, Streaming
+from ..sources.base import Generated, Request, Stored, Streaming
 from ..upstreams import git
 from .connect import connect
 from .keys import STATE

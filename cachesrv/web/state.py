@@ -9,11 +9,11 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Config
-from ..fetch import make_session
 from ..metrics import Metrics
 from ..models import Mode
-from ..source import Source
-from ..sources import offline_source, online_source
+from ..sources.base import Source
+from ..sources.chains import offline_source, online_source
+from ..sources.online import make_session
 from ..store import Store
 from ..tls.ca import LocalCA
 from ..upstreams.router import Router

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from .. import __version__
 from ..models import Entry
-from ..offline import ExpiredRelease, expired_releases
-from ..source import Outcome
+from ..sources.base import Outcome
+from ..sources.offline import ExpiredRelease, expired_releases
 from ..upstreams.apt import OFFLINE_SETTINGS
 from .keys import STATE
 

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from cachesrv.config import Config, load_config
 from cachesrv.models import ArtifactKind, CacheKey, Digest, Entry
-from cachesrv.source import Outcome
+from cachesrv.sources.base import Outcome
 from cachesrv.web import make_app
 from cachesrv.web.status import prefetch_command, render
 from tests.conftest import CachesrvProcess

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .models import Entry
-from .store.hot import HotItem
-from .upstreams.router import Route
+from ..models import Entry
+from ..store.hot import HotItem
+from ..upstreams.router import Route
 
 if TYPE_CHECKING:
-    from .fetch import Flight
+    from .online import Flight
 
 
 class Outcome(enum.Enum):

@@ -35,23 +35,23 @@ from typing import TYPE_CHECKING, Any
 
 import aiofiles
 
-from .errors import (
+from ..errors import (
     BadRequest,
     MethodNotAllowed,
     NotCached,
     UpstreamError,
     UpstreamStatus,
 )
-from .models import ArtifactKind, CacheKey, Entry
-from .source import Answer, Generated, Outcome, Request, Source, Stored
-from .store import Store
-from .upstreams import snap, snapasserts
-from .upstreams.router import Route
+from ..models import ArtifactKind, CacheKey, Entry
+from ..store import Store
+from ..upstreams import snap, snapasserts
+from ..upstreams.router import Route
+from .base import Answer, Generated, Outcome, Request, Source, Stored
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from .metrics import Metrics
+    from ..metrics import Metrics
 
 log = logging.getLogger("cachesrv.snapstore")
 

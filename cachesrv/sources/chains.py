@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import aiohttp
 
-from .fetch import OnlineSource
+from ..metrics import Metrics
+from ..store import Store
+from .base import Source
+from .documents import SimpleIndex
 from .githttp import GitSmartHttp
-from .metrics import Metrics
 from .offline import OfflineSource
-from .simple_index import SimpleIndex
+from .online import OnlineSource
 from .snapstore import SnapStore
-from .source import Source
-from .store import Store
 
 
 def online_source(store: Store, session: aiohttp.ClientSession, metrics: Metrics) -> Source:

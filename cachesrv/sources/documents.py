@@ -18,10 +18,10 @@ import dataclasses
 
 import aiofiles
 
-from .source import Answer, Generated, Outcome, Request, Source, Stored
-from .store import Store
-from .upstreams import pypi
-from .upstreams.router import Route
+from ..store import Store
+from ..upstreams import pypi
+from ..upstreams.router import Route
+from .base import Answer, Generated, Outcome, Request, Source, Stored
 
 
 class SimpleIndex:

@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from .config import Config
-from .errors import (
+from ..config import Config
+from ..errors import (
     CachesrvError,
     ConfigError,
     InsufficientStorage,
@@ -37,12 +37,12 @@ from .errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
-from .metrics import Metrics
-from .models import ArtifactKind, CacheKey, Entry
-from .source import Answer, Outcome, Request, Stored, Streaming
-from .store import Store
-from .upstreams import artifact_kind, declared_sha256, upstream_request
-from .upstreams.router import Route
+from ..metrics import Metrics
+from ..models import ArtifactKind, CacheKey, Entry
+from ..store import Store
+from ..upstreams import artifact_kind, declared_sha256, upstream_request
+from ..upstreams.router import Route
+from .base import Answer, Outcome, Request, Stored, Streaming
 
 log = logging.getLogger("cachesrv.fetch")
 

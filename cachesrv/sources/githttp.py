@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .errors import MethodNotAllowed, NotCached
-from .models import CacheKey
-from .source import Answer, Generated, Outcome, Request, Source
-from .upstreams import git
+from ..errors import MethodNotAllowed, NotCached
+from ..models import CacheKey
+from ..upstreams import git
+from .base import Answer, Generated, Outcome, Request, Source
 
 
 class GitSmartHttp:

@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import UpstreamConfig
-from .errors import NotCached
-from .models import CacheKey, Diagnosis, Entry, MissReason
-from .source import Answer, Outcome, Request, Stored
-from .store import Store
-from .upstreams import apt, package_prefix
-from .upstreams.router import INTERCEPT
+from ..config import UpstreamConfig
+from ..errors import NotCached
+from ..models import CacheKey, Diagnosis, Entry, MissReason
+from ..store import Store
+from ..upstreams import apt, package_prefix
+from ..upstreams.router import INTERCEPT
+from .base import Answer, Outcome, Request, Stored
 
 
 class OfflineSource:
