@@ -21,7 +21,6 @@ from typing import Any
 from .errors import ConfigError
 from .models import Mode
 
-UPSTREAM_KINDS = ("apt", "pypi", "snap", "generic")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_LISTEN = "127.0.0.1:3142"
 
@@ -381,10 +380,10 @@ def _upstream(name: str, t: Mapping[str, Any], source: str | None) -> UpstreamCo
     if bad:
         raise ConfigError("unknown key", file=source, key=f"{where}.{sorted(bad)[0]}")
     kind = _str(t, "kind", source, where) if "kind" in t else "generic"
-    if kind not in UPSTREAM_KINDS:
-        raise ConfigError(
-            f"must be one of {', '.join(UPSTREAM_KINDS)}", file=source, key=f"{where}.kind"
-        )
+    from .upstreams import KINDS  # the kinds' table needs this module's types
+
+    if kind not in KINDS:
+        raise ConfigError(f"must be one of {', '.join(KINDS)}", file=source, key=f"{where}.kind")
     if "url" not in t:
         raise ConfigError("missing", file=source, key=f"{where}.url")
     url = _url(_str(t, "url", source, where), source, f"{where}.url")

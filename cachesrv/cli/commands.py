@@ -98,7 +98,7 @@ def misses(
     if format == "urls":
         clones = set()
         for r in rows:
-            if git.is_key(r["key"]):
+            if git.is_exchange(r["key"]):
                 # Not a URL prefetch can fetch: say how to record it, as a comment.
                 clones.add(git.record_command(r["key"], r["seed"]))
             else:

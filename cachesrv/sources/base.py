@@ -49,6 +49,10 @@ class Request:
     #: The client wants the whole body at once (HEAD, Range): wait for the
     #: fetch to complete and answer from the store rather than streaming.
     needs_complete: bool = False
+    #: The upstream's root as the client reaches it through cachesrv, ending in "/"
+    #: (`http://cache:3142/@seed/npm/`); None for proxy-form and tunnelled requests.
+    #: Index documents whose links must be absolute (npm tarballs) are rewritten to it.
+    served: str | None = None
 
 
 @dataclass(frozen=True)

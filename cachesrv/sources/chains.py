@@ -1,9 +1,9 @@
 """The source chains, wired in one place for the server and the command line.
 
 Both chains are the base source (online: fetch and record; offline: lookups only)
-wrapped by the kind-specific decorators: `SimpleIndex` for pypi index pages,
-`SnapStore` for the snap store API and `GitSmartHttp` for git clones on any generic
-host. Other requests pass straight through.
+wrapped by the decorators: `IndexDocuments` for every kind's index documents (by
+the kind's rules), `SnapStore` for the snap store API and `GitSmartHttp` for git
+clones on any generic host. Other requests pass straight through.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import aiohttp
 from ..metrics import Metrics
 from ..store import Store
 from .base import Source
-from .documents import SimpleIndex
+from .documents import IndexDocuments
 from .githttp import GitSmartHttp
 from .offline import OfflineSource
 from .online import OnlineSource
@@ -23,7 +23,7 @@ from .snapstore import SnapStore
 def online_source(store: Store, session: aiohttp.ClientSession, metrics: Metrics) -> Source:
     base = OnlineSource(store, session, metrics)
     snaps = SnapStore(
-        SimpleIndex(base, store, offline=False),
+        IndexDocuments(base, store, offline=False),
         store,
         offline=False,
         session=session,
@@ -34,5 +34,5 @@ def online_source(store: Store, session: aiohttp.ClientSession, metrics: Metrics
 
 def offline_source(store: Store, *, strict: bool) -> Source:
     base = OfflineSource(store, strict=strict)
-    pages = SimpleIndex(base, store, offline=True, strict=strict)
+    pages = IndexDocuments(base, store, offline=True, strict=strict)
     return GitSmartHttp(SnapStore(pages, store, offline=True))

@@ -1,31 +1,37 @@
-"""PyPI simple-index pages over any source: rewrite links; offline, list only what is stored.
+"""Index documents over any source: rewrite links; offline, list only what is stored.
 
-`SimpleIndex` wraps the online or offline source (the app factory chooses which,
-once). Requests that are not pypi index pages pass straight through. For a page,
-it asks the inner source for the recorded page in the format the client prefers
-(PEP 691 negotiation; each format is its own entry), and answers a rewritten copy:
-- online: every file listed, links through cachesrv; the sha256 each page declares
-  for its files (and their `.metadata`) is remembered so that a download can be
-  verified even though pip never sends the `#sha256=` fragment;
-- offline: only files whose bodies are in the store (in strict mode: in the seed),
-  and metadata attributes only where the `.metadata` file is stored too, so pip and
-  uv resolve to what exists instead of failing on a missing file.
+`IndexDocuments` wraps the online or offline source (the app factory chooses which,
+once). Requests that are not an index document of their upstream's kind (by the
+kind's `Documents` rules, `upstreams/kind.py`) pass straight through. For a document
+(a PyPI project page, an npm packument, a Go version list, a Cargo index file):
+- the format the client prefers is asked of the inner source (each format is its own
+  entry); offline, the first format that is recorded, so a client that asks JSON
+  gets the recorded HTML page rather than a miss (and an npm client asking the
+  abbreviated packument gets the full one);
+- online, the hashes the document declares for its files are remembered, so a
+  download is verified before it is recorded even when the client does not send
+  them (pip drops the `#sha256=` fragment; npm's tarball URLs carry none);
+- the answer is the kind's rendering: links through cachesrv and, offline, only files
+  whose bodies are stored (in strict mode: in the seed), so clients resolve to what
+  exists instead of failing on a missing file;
+- a document that cannot be read is a clear 502 (online) and nothing is recorded
+  from it; a miss is listed under the URL the client asked, not a format's key.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import aiofiles
 
+from ..errors import NotCached, UpstreamError
 from ..store import Store
-from ..upstreams import pypi
+from ..upstreams import kind_of
+from ..upstreams.kind import Doc, Documents, FileRef, View
 from ..upstreams.router import Route
 from .base import Answer, Generated, Outcome, Request, Source, Stored
 
 
-class SimpleIndex:
-    """A `Source` decorator for pypi upstreams (see module doc)."""
+class IndexDocuments:
+    """A `Source` decorator for every kind's index documents (see module doc)."""
 
     def __init__(self, inner: Source, store: Store, *, offline: bool, strict: bool = False) -> None:
         self.inner = inner
@@ -36,69 +42,113 @@ class SimpleIndex:
     async def open(self, request: Request) -> Answer:
         route = request.route
         upstream = route.upstream
-        if upstream.kind != "pypi" or not pypi.is_index_page(upstream, route.url):
+        rules = kind_of(upstream).documents
+        formats = rules.formats(upstream, route.url, request.accept) if rules else []
+        if rules is None or not formats:
             return await self.inner.open(request)
-        as_json = await self._choose_json(route, pypi.wants_json(request.accept))
-        if as_json:
-            route = dataclasses.replace(
-                route,
-                key=dataclasses.replace(route.key, url=route.url + pypi.JSON_QUERY),
+        doc = await self._choose(formats, route.seed)
+        body: bytes | None = None
+        answer: Answer | None = None
+        outcome = Outcome.OFFLINE_MISS
+        content_type = doc.content_type
+        try:
+            answer = await self.inner.open(
+                Request(
+                    route=route.rekeyed(doc.key),
+                    method="GET",
+                    user_agent=request.user_agent,
+                    accept=request.accept,
+                    headers=request.headers,
+                    needs_complete=True,
+                )
             )
-        answer = await self.inner.open(
-            dataclasses.replace(request, route=route, needs_complete=True)
+        except NotCached:
+            if not doc.synthetic:
+                raise
+        else:
+            assert isinstance(answer, Stored)
+            async with aiofiles.open(answer.path, "rb") as f:
+                body = await f.read()
+            outcome = answer.outcome
+            content_type = content_type or answer.entry.content_type
+        companions = await self._companions(rules, route, doc)
+        try:
+            refs = rules.files(upstream, doc, body, companions) if body is not None else []
+            fresh = outcome in (Outcome.RECORDED, Outcome.REVALIDATED)
+            if refs and fresh and isinstance(answer, Stored):
+                await self._remember_hashes(doc.key, answer, refs)
+            stored = await self._stored(rules, route, doc, refs) if self.offline else None
+            view = View(
+                served=request.served,
+                # Relative links keep a /@seed/ prefix (pypi pages link relatively).
+                up="../" * route.path.count("/"),
+                stored=stored,
+                companions=companions,
+            )
+            rendered = rules.render(upstream, doc, body, view)
+        except (ValueError, UnicodeError) as exc:
+            raise UpstreamError(
+                upstream.name, doc.url, f"index document unreadable: {str(exc)[:200]}"
+            ) from None
+        return Generated(
+            body=rendered,
+            content_type=content_type or "application/octet-stream",
+            outcome=outcome,
         )
-        assert isinstance(answer, Stored)
-        async with aiofiles.open(answer.path, "rb") as f:
-            body = await f.read()
-        page_url = request.route.url
-        project = pypi.is_project_page(upstream, page_url)
-        links = pypi.parse_page(body, page_url, as_json) if project else []
-        if links and answer.outcome in (Outcome.RECORDED, Outcome.REVALIDATED):
-            await self._remember_hashes(route.url, answer, links)
-        keep = await self._keeper(links, route.seed) if self.offline and project else None
-        # Links relative to the page, so a /@seed/ prefix carries through to the files.
-        up = "../" * request.route.path.count("/")
-        rendered = pypi.render_page(body, page_url, as_json, upstream, up, keep)
-        content_type = pypi.JSON_V1 if as_json else answer.entry.content_type
-        return Generated(body=rendered, content_type=content_type, outcome=answer.outcome)
 
-    async def _choose_json(self, route: Route, prefer_json: bool) -> bool:
-        """Offline, serve the recorded format when only the other one was recorded."""
-        if not self.offline:
-            return prefer_json
+    async def _choose(self, formats: list[Doc], seed: str | None) -> Doc:
+        """Online, the client's preferred format; offline, the first one recorded."""
+        if not self.offline or len(formats) == 1:
+            return formats[0]
         index = self.store.index
-        json_key = route.url + pypi.JSON_QUERY
-        have_json = await index.run(index.get, json_key) is not None
-        have_html = await index.run(index.get, route.url) is not None
-        if prefer_json:
-            return have_json or not have_html
-        return have_json and not have_html
+        only_seed = seed if self.strict else None
+        recorded = await index.run(index.stored_keys, [d.key for d in formats], only_seed)
+        return next((d for d in formats if d.key in recorded), formats[0])
 
-    async def _remember_hashes(
-        self, page_key: str, answer: Stored, links: list[pypi.FileLink]
-    ) -> None:
+    async def _companions(self, rules: Documents, route: Route, doc: Doc) -> dict[str, bytes]:
+        """The recorded bodies of the documents this one needs; online, fetched if not
+        recorded yet."""
+        found: dict[str, bytes] = {}
+        base = route.upstream.base + "/"
+        index = self.store.index
+        for key in rules.companions(route.upstream, doc):
+            entry = await index.run(index.get, key)
+            path = self.store.blobs.path(entry.digest) if entry is not None else None
+            if path is None or not path.exists():
+                if self.offline:
+                    continue
+                sub = key[len(base) :] if key.startswith(base) else route.path
+                answer = await self.inner.open(
+                    Request(route=route.rekeyed(key, sub), needs_complete=True)
+                )
+                assert isinstance(answer, Stored)
+                path = answer.path
+            async with aiofiles.open(path, "rb") as f:
+                found[key] = await f.read()
+        return found
+
+    async def _remember_hashes(self, page_key: str, answer: Stored, refs: list[FileRef]) -> None:
         index = self.store.index
         digest = answer.entry.digest.hex
         if await index.run(index.page_indexed, page_key, digest):
             return
-        rows: list[tuple[str, str, str]] = []
-        for link in links:
-            if link.sha256:
-                rows.append((link.url, "sha256", link.sha256))
-            if link.metadata_sha256:
-                rows.append((link.url + ".metadata", "sha256", link.metadata_sha256))
+        rows = [
+            (r.key, r.declared.algorithm, r.declared.hexdigest)
+            for r in refs
+            if r.declared is not None
+        ]
         await index.run(index.declare_hashes, page_key, digest, rows)
 
-    async def _keeper(self, links: list[pypi.FileLink], seed: str | None) -> pypi.Keep:
+    async def _stored(
+        self, rules: Documents, route: Route, doc: Doc, refs: list[FileRef]
+    ) -> frozenset[str]:
         index = self.store.index
-        wanted = [link.url for link in links] + [link.url + ".metadata" for link in links]
-        only_seed = seed if self.strict else None
-        stored = await index.run(index.stored_keys, wanted, only_seed)
-
-        def keep(link: pypi.FileLink) -> tuple[bool, bool]:
-            return link.url in stored, link.url + ".metadata" in stored
-
-        return keep
+        only_seed = route.seed if self.strict else None
+        found = await index.run(index.stored_keys, [r.key for r in refs], only_seed)
+        prefix = rules.inventory(route.upstream, doc)
+        if prefix is not None:
+            found |= await index.run(index.stored_under, prefix, only_seed)
+        return frozenset(found)
 
     async def close(self) -> None:
         await self.inner.close()

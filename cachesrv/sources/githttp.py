@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import MethodNotAllowed, NotCached
-from ..models import CacheKey
 from ..upstreams import git
 from .base import Answer, Generated, Outcome, Request, Source
 
@@ -42,9 +41,8 @@ class GitSmartHttp:
             raise MethodNotAllowed("git-upload-pack takes POST", allowed=("POST",))
         else:
             key = git.upload_pack_key(route.url, protocol, request.body or b"")
-        keyed = dataclasses.replace(route, key=CacheKey(route.upstream.name, key))
         try:
-            return await self.inner.open(dataclasses.replace(request, route=keyed))
+            return await self.inner.open(dataclasses.replace(request, route=route.rekeyed(key)))
         except NotCached as exc:
             message = _miss_message(exc, route.url)
             if what == "refs":

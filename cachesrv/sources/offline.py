@@ -53,15 +53,17 @@ class OfflineSource:
             loop = asyncio.get_running_loop()
             item = await loop.run_in_executor(None, self.store.hot.load, entry, path)
             return Stored(entry, path, Outcome.HIT, item)
+        # Misses are told by the URL the client asked (not an internal key of a format).
+        shown = CacheKey(route.key.upstream, route.shown_url)
         await index.run(
             index.log_miss,
-            route.key,
+            shown,
             reason,
             seed=route.seed,
             method=request.method,
             user_agent=request.user_agent,
         )
-        raise NotCached(await self.diagnose(route.key, reason, route.seed, route.upstream))
+        raise NotCached(await self.diagnose(shown, reason, route.seed, route.upstream))
 
     async def _why_unusable(self, entry: Entry | None, seed: str | None) -> MissReason | None:
         index = self.store.index

@@ -21,7 +21,6 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -40,7 +39,8 @@ from ..errors import (
 from ..metrics import Metrics
 from ..models import ArtifactKind, CacheKey, Entry
 from ..store import Store
-from ..upstreams import artifact_kind, declared_sha256, upstream_request
+from ..upstreams import artifact_kind, declared_hash, upstream_request
+from ..upstreams.kind import Declared
 from ..upstreams.router import Route
 from .base import Answer, Outcome, Request, Stored, Streaming
 
@@ -49,14 +49,6 @@ log = logging.getLogger("cachesrv.fetch")
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
 _PASSED_HEADERS = ("Content-Type", "ETag", "Last-Modified")
-
-
-@dataclass(frozen=True)
-class Expected:
-    """A hash the upstream declared for a body, by hashlib name."""
-
-    algorithm: str  # "sha256" or "sha3_384"
-    hexdigest: str
 
 
 class Flight:
@@ -169,7 +161,7 @@ class Flight:
                 digest=info.digest,
                 size=info.size,
                 sha256=info.sha256,
-                kind=artifact_kind(self.route.upstream.kind, self.route.path),
+                kind=artifact_kind(self.route.upstream, self.route.path),
                 content_type=self.content_type,
                 etag=self.etag,
                 last_modified=self.last_modified,
@@ -273,15 +265,15 @@ class OnlineSource:
         self.metrics = metrics
         self.flights: dict[str, Flight] = {}
 
-    async def expected_hash(self, route: Route) -> Expected | None:
+    async def expected_hash(self, route: Route) -> Declared | None:
         """The hash the upstream declared for this body: in the URL (apt by-hash) or
         on an index page recorded earlier (pip `#sha256=`, snap sha3-384)."""
-        sha = declared_sha256(route.upstream.kind, route.path)
-        if sha:
-            return Expected("sha256", sha)
+        declared_in_url = declared_hash(route.upstream, route.path)
+        if declared_in_url is not None:
+            return Declared(declared_in_url.algorithm, declared_in_url.hexdigest)
         index = self.store.index
         declared = await index.run(index.declared_hash, route.url)
-        return Expected(*declared) if declared else None
+        return Declared(*declared) if declared else None
 
     async def open(self, request: Request) -> Answer:
         route = request.route
@@ -344,7 +336,7 @@ class OnlineSource:
     ) -> aiohttp.ClientResponse:
         """GET the route's URL (conditionally when revalidating), following only
         redirects to hosts the upstream allows; or POST `body` to it (no redirects)."""
-        url, extra = upstream_request(route.upstream.kind, route.url)
+        url, extra = upstream_request(route.upstream, route.url)
         if body is not None:
             return await self.session.post(
                 url,
@@ -448,4 +440,4 @@ def make_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-__all__ = ["CacheKey", "Expected", "Flight", "OnlineSource", "make_session"]
+__all__ = ["CacheKey", "Flight", "OnlineSource", "make_session"]

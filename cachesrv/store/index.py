@@ -431,6 +431,19 @@ class Index:
             found.update(r[0] for r in self.db.execute(sql, params))
         return found
 
+    def stored_under(self, prefix: str, seed: str | None = None) -> set[str]:
+        """The keys starting with `prefix` that have a recorded, unquarantined body (and
+        are in `seed`)."""
+        sql = (
+            "SELECT e.key FROM entries e JOIN blobs b ON b.digest = e.digest "
+            "WHERE b.quarantined = 0 AND e.key >= ? AND e.key < ?"
+        )
+        params = [prefix, prefix + "\U0010ffff"]
+        if seed is not None:
+            sql += " AND e.key IN (SELECT key FROM seed_entries WHERE seed = ?)"
+            params.append(seed)
+        return {r[0] for r in self.db.execute(sql, params)}
+
     # -- declared hashes ----------------------------------------------------
 
     def declare_hashes(self, page: str, digest: str, rows: list[tuple[str, str, str]]) -> None:

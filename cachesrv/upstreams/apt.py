@@ -9,6 +9,12 @@ import re
 from dataclasses import dataclass
 
 from ..models import ArtifactKind
+from .kind import Declared, Documents, base_key_url, plain_request
+
+documents: Documents | None = None
+encoded_slash = False
+key_url = base_key_url
+upstream_request = plain_request
 
 _BY_HASH_SHA256 = re.compile(r"/by-hash/SHA256/([0-9a-fA-F]{64})$")
 _IMMUTABLE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".dsc", ".diff.gz", ".buildinfo", ".changes")
@@ -29,10 +35,10 @@ def artifact_kind(path: str) -> ArtifactKind:
     return ArtifactKind.MUTABLE
 
 
-def declared_sha256(path: str) -> str | None:
+def declared_hash(path: str) -> Declared | None:
     """apt's `Acquire-By-Hash` URLs name the sha256 of their body."""
     m = _BY_HASH_SHA256.search(path)
-    return m.group(1).lower() if m else None
+    return Declared("sha256", m.group(1).lower()) if m else None
 
 
 # -- Release files and their dates ---------------------------------------------------

@@ -1,8 +1,18 @@
-"""Plain tarball and file hosts (`kind = "generic"`)."""
+"""Plain tarball and file hosts (`kind = "generic"`): archives never change.
+
+Also the defaults other kinds take where they have no rule of their own.
+"""
 
 from __future__ import annotations
 
 from ..models import ArtifactKind
+from .kind import Documents, base_key_url, no_declared_hash, plain_request
+
+documents: Documents | None = None
+encoded_slash = False
+key_url = base_key_url
+declared_hash = no_declared_hash
+upstream_request = plain_request
 
 IMMUTABLE_SUFFIXES = (
     ".deb",

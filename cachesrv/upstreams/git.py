@@ -72,6 +72,12 @@ def is_key(url: str) -> bool:
     return "#git-protocol=" in url
 
 
+def is_exchange(url: str) -> bool:
+    """Whether a URL (as a client asked it, or a key) is a git clone's request, which
+    `prefetch` cannot fetch (misses list these as the clone that records them)."""
+    return is_key(url) or endpoint(url.split("#", 1)[0]) is not None
+
+
 def upstream_request(key: str) -> tuple[str, dict[str, str]]:
     """The URL to fetch for a git key, and the headers that make the same answer."""
     url, _, fragment = key.partition("#")

@@ -19,14 +19,20 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from ..config import UpstreamConfig
 from ..errors import Forbidden
+from . import generic
+from .kind import Declared, Doc, FileRef, View, no_declared_hash
 from .urls import canonical_escapes, file_url
+
+encoded_slash = False
+artifact_kind = generic.artifact_kind
+declared_hash = no_declared_hash
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
@@ -158,7 +164,7 @@ def _link_from_attrs(attrs: str, page_url: str) -> FileLink | None:
 def parse_page(body: bytes, page_url: str, is_json: bool) -> list[FileLink]:
     """Every file link of a project page, with what the page declares about it."""
     if is_json:
-        doc = json.loads(body)
+        doc = _json_page(body)
         links = []
         for f in doc.get("files", []):
             absolute = canonical_escapes(urljoin(page_url, _split_fragment(f.get("url", ""))[0]))
@@ -230,7 +236,7 @@ def _render_html(
 def _render_json(
     body: bytes, page_url: str, upstream: UpstreamConfig, up: str, keep: Keep | None
 ) -> bytes:
-    doc: dict[str, Any] = json.loads(body)
+    doc = _json_page(body)
     files = []
     for f in doc.get("files", []):
         url, frag = _split_fragment(f.get("url", ""))
@@ -265,6 +271,70 @@ def _render_json(
     return json.dumps(doc).encode()
 
 
+def _json_page(body: bytes) -> dict[str, Any]:
+    """A PEP 691 page, checked for the shapes used here; ValueError if it is not one."""
+    doc = json.loads(body)
+    files = doc.get("files", []) if isinstance(doc, dict) else None
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("url", ""), str) for f in files
+    ):
+        raise ValueError("not a PEP 691 project page (files must be a list of objects)")
+    for f in files:
+        if not isinstance(f.get("hashes", {}), dict) or not isinstance(
+            f.get("filename", ""), str
+        ):
+            raise ValueError(f"malformed file entry: {str(f)[:100]}")
+    assert isinstance(doc, dict)
+    return doc
+
+
 def _has_version(f: dict[str, Any], version: str) -> bool:
     name = str(f.get("filename", ""))
     return f"-{version}-" in name or f"-{version}." in name or name.endswith(f"-{version}")
+
+
+# -- the Documents rules -----------------------------------------------------------
+
+
+class _Pages:
+    """Simple-index pages as index documents (`kind.Documents`): HTML and JSON are two
+    formats of one page, each recorded as its own entry."""
+
+    def formats(self, upstream: UpstreamConfig, url: str, accept: str | None) -> list[Doc]:
+        if not is_index_page(upstream, url):
+            return []
+        html_doc = Doc(url=url, key=url, format="html")
+        json_doc = Doc(url=url, key=url + JSON_QUERY, format="json", content_type=JSON_V1)
+        return [json_doc, html_doc] if wants_json(accept) else [html_doc, json_doc]
+
+    def companions(self, upstream: UpstreamConfig, doc: Doc) -> tuple[str, ...]:
+        return ()
+
+    def files(
+        self, upstream: UpstreamConfig, doc: Doc, body: bytes, companions: Mapping[str, bytes]
+    ) -> list[FileRef]:
+        if not is_project_page(upstream, doc.url):
+            return []
+        refs = []
+        for link in parse_page(body, doc.url, doc.format == "json"):
+            sha = Declared("sha256", link.sha256) if link.sha256 else None
+            meta = Declared("sha256", link.metadata_sha256) if link.metadata_sha256 else None
+            refs += [FileRef(link.url, sha), FileRef(link.url + ".metadata", meta)]
+        return refs
+
+    def inventory(self, upstream: UpstreamConfig, doc: Doc) -> str | None:
+        return None
+
+    def render(self, upstream: UpstreamConfig, doc: Doc, body: bytes | None, view: View) -> bytes:
+        assert body is not None
+        stored = view.stored
+        keep: Keep | None = None
+        if stored is not None and is_project_page(upstream, doc.url):
+
+            def keep(link: FileLink) -> tuple[bool, bool]:
+                return link.url in stored, link.url + ".metadata" in stored
+
+        return render_page(body, doc.url, doc.format == "json", upstream, view.up, keep)
+
+
+documents = _Pages()

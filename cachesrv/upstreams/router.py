@@ -21,6 +21,7 @@ The same policy says which `CONNECT host:port` tunnels are terminated
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from ..config import TlsConfig, UpstreamConfig
 from ..errors import BadRequest, Forbidden
 from ..models import CacheKey
-from . import pypi, snap
+from . import kind_of
 from .urls import canonical_escapes, decode
 
 #: The upstream name of hosts that are reached through `tls.intercept` (or, for a
@@ -37,7 +38,8 @@ from .urls import canonical_escapes, decode
 INTERCEPT = "_intercept"
 _SEED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CTL = re.compile(r"[\x00-\x20\x7f\\]")
-_BAD_ESCAPES = re.compile(r"%(00|2f|5c)", re.IGNORECASE)
+_BAD_ESCAPES = re.compile(r"%(00|5c)", re.IGNORECASE)
+_ENCODED_SLASH = re.compile(r"%2f", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,29 @@ class Route:
     key: CacheKey
     path: str  # the path under the upstream, without a leading slash
     seed: str | None = None
+    #: The URL the client asked, when the key is another one (a format of an index
+    #: document, a git exchange): what a miss lists, and what `prefetch` takes.
+    asked: str | None = None
 
     @property
     def url(self) -> str:
         """The upstream URL to fetch (the key is exactly that URL)."""
         return self.key.url
+
+    @property
+    def shown_url(self) -> str:
+        """The URL to tell a person (misses, diagnoses): the one the client asked."""
+        return self.asked or self.key.url
+
+    def rekeyed(self, key_url: str, path: str | None = None) -> Route:
+        """The same request under another key of the same upstream (and, for another
+        document, its path); the URL the client asked is kept for misses."""
+        return dataclasses.replace(
+            self,
+            key=CacheKey(self.upstream.name, key_url),
+            path=self.path if path is None else path,
+            asked=self.shown_url,
+        )
 
 
 class Router:
@@ -89,7 +109,7 @@ class Router:
         if _CTL.search(target):
             raise BadRequest("URL contains control characters, spaces or backslashes")
         if _BAD_ESCAPES.search(target):
-            raise BadRequest("URL contains an encoded slash, backslash or NUL")
+            raise BadRequest("URL contains an encoded backslash or NUL")
         lower = target[:8].lower()
         if lower.startswith(("http://", "https://")):
             scheme, rest = target.split("://", 1)
@@ -118,11 +138,9 @@ class Router:
                 f"no upstream named {head!r}; add an [upstreams.{_safe(head)}] table "
                 "with its url to the config"
             )
-        if upstream.kind in ("pypi", "snap"):
-            rest = _check_path(rest)
-            url = (pypi.key_url if upstream.kind == "pypi" else snap.key_url)(upstream, rest)
-            return Route(upstream=upstream, key=CacheKey(upstream.name, url), path=rest, seed=seed)
-        return self._route(upstream, upstream.base, rest, seed)
+        rest = _check_path(rest, upstream)
+        url = kind_of(upstream).key_url(upstream, rest)
+        return Route(upstream=upstream, key=CacheKey(upstream.name, url), path=rest, seed=seed)
 
     def _absolute(self, scheme: str, host_path: str, seed: str | None) -> Route:
         host_path_q = host_path
@@ -173,15 +191,18 @@ class Router:
         return any(fnmatch.fnmatchcase(netloc, p.lower()) for p in self._connect_patterns)
 
     def _route(self, upstream: UpstreamConfig, base: str, path: str, seed: str | None) -> Route:
-        path = _check_path(path)
+        path = _check_path(path, upstream)
         url = f"{base}/{path}" if path else base + "/"
         return Route(upstream=upstream, key=CacheKey(upstream.name, url), path=path, seed=seed)
 
 
-def _check_path(path: str) -> str:
-    """Refuse traversal in any spelling; normalise percent-escapes to upper case."""
+def _check_path(path: str, upstream: UpstreamConfig) -> str:
+    """Refuse traversal in any spelling, and an encoded slash where the kind has no use
+    for one; normalise percent-escapes to upper case."""
     path = canonical_escapes(path)
     plain, _, _ = path.partition("?")
+    if _ENCODED_SLASH.search(plain) and not kind_of(upstream).encoded_slash:
+        raise BadRequest("URL contains an encoded slash")
     decoded = decode(plain)
     for segment in decoded.split("/"):
         if segment in (".", ".."):

@@ -50,8 +50,16 @@ import aiohttp
 
 from ..config import UpstreamConfig
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from . import generic
+from .kind import Documents, no_declared_hash
 from .snapasserts import ASSERTION, ASSERTIONS_PREFIX
 from .urls import file_url
+
+#: The snap store API is not a set of index documents: `sources/snapstore.py` answers it.
+documents: Documents | None = None
+encoded_slash = False
+artifact_kind = generic.artifact_kind
+declared_hash = no_declared_hash
 
 REFRESH_PATH = "v2/snaps/refresh"
 INFO_PREFIX = "v2/snaps/info/"

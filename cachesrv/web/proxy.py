@@ -8,6 +8,7 @@ from aiohttp.typedefs import Handler
 from ..errors import CachesrvError, MethodNotAllowed
 from ..sources.base import Generated, Request, Stored, Streaming
 from ..upstreams import git
+from ..upstreams.router import Route
 from .connect import connect
 from .keys import STATE
 from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM, is_proxy_request, outcome_of
@@ -33,7 +34,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     # raw_path is the request target as sent: a path, or a whole URL in absolute form
     # (made origin-form when it names this server; seed from proxy credentials; inside a
     # CONNECT tunnel, the https:// URL: target.py).
-    route = state.router.resolve(request_target(request, state.tunnels))
+    target = request_target(request, state.tunnels)
+    route = state.router.resolve(target)
     body = None
     if request.method == hdrs.METH_POST and (
         route.upstream.kind == "snap" or git.endpoint(route.path) == "upload-pack"
@@ -52,6 +54,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         needs_complete=request.method == hdrs.METH_HEAD or hdrs.RANGE in request.headers,
         body=body,
         headers=tuple(request.headers.items()),
+        served=_served_root(request, target, route),
     )
     answer = await state.source.open(ask)
     request[OUTCOME] = answer.outcome  # counted by the middleware, logged by the access log
@@ -72,6 +75,16 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             },
         )
     return await serve_streaming(request, answer)
+
+
+def _served_root(request: web.Request, target: str, route: Route) -> str | None:
+    """The upstream's root URL as this client reaches it (`Request.served`): for an
+    origin-form `/[@seed/]NAME/...` request, this server's URL as the client wrote it."""
+    seed = f"@{route.seed}/" if route.seed else ""
+    prefix = f"/{seed}{route.upstream.name}/"
+    if not target.startswith(prefix):
+        return None  # proxy form, a tunnel, or apt-cacher-ng's /HTTPS/// form
+    return f"{request.scheme}://{request.host}{prefix}"
 
 
 _CONDITIONAL = (

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from cachesrv.config import UpstreamConfig
 from cachesrv.errors import BadRequest
 from cachesrv.upstreams import git, upstream_request
 
@@ -218,8 +219,9 @@ def test_upstream_request_of_upload_pack_keys() -> None:
 
 def test_any_kind_turns_git_keys_back_into_requests() -> None:
     key = git.refs_key(REFS_URL, "version=2")
-    assert upstream_request("generic", key) == git.upstream_request(key)
-    assert upstream_request("generic", REFS_URL) == (REFS_URL, {})  # not a git key
+    generic = UpstreamConfig(name="g", kind="generic", url="https://git.example.test")
+    assert upstream_request(generic, key) == git.upstream_request(key)
+    assert upstream_request(generic, REFS_URL) == (REFS_URL, {})  # not a git key
 
 
 def test_repository_names_what_a_user_clones() -> None:

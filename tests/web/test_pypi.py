@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from cachesrv.config import Config
+from cachesrv.prefetch import prefetch
 from cachesrv.web import make_app
 from tests.fakes.dists import build_wheel
 from tests.fakes.pypi import JSON_V1, FakePyPI
@@ -92,3 +94,64 @@ async def test_files_on_hosts_not_configured_are_refused(
         r = await client.get("/pypi/other/thing")
         assert r.status == 403
         assert index.count() == 0
+
+
+async def test_a_missed_page_is_listed_by_the_url_asked_and_prefetch_fixes_it(
+    aiohttp_client: MakeClient, load: Callable[..., Config], tmp_path: Path
+) -> None:
+    """The JSON format is recorded under its own key, but a miss names the page as
+    the client asked it, with a prefetch command that records it (no internal key)."""
+    build_wheel(tmp_path, "delta", "1.0")
+    with FakePyPI(tmp_path) as index:
+        offline_cfg = pypi_config(load, index, mode="offline")
+        offline = await aiohttp_client(make_app(offline_cfg))
+        r = await offline.get("/pypi/simple/delta/", headers={"Accept": PIP_ACCEPT})
+        assert r.status == 404
+        page = index.index_url + "delta/"
+        body = await r.text()
+        assert f"cachesrv prefetch {page} " in body and "?format=" not in body
+        misses = await (await offline.get("/_cachesrv/api/v1/misses")).json()
+        assert [m["key"] for m in misses] == [page]
+        await offline.close()
+        # The command the miss names records the page; offline then answers it.
+        report = await prefetch(pypi_config(load, index), [page])
+        assert report.new == [page] and not report.failed
+        offline = await aiohttp_client(make_app(offline_cfg))
+        r = await offline.get("/pypi/simple/delta/", headers={"Accept": PIP_ACCEPT})
+        # The page is answered; it lists no file, since no wheel body was recorded.
+        assert r.status == 200 and b"Links for delta" in await r.read()
+
+
+async def test_malformed_pages_are_a_clear_502_and_not_answered(
+    aiohttp_client: MakeClient,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    load: Callable[..., Config],
+) -> None:
+    bodies = {
+        "list": (b"[1, 2, 3]", JSON_V1),
+        "files-not-list": (b'{"files": {"a": 1}}', JSON_V1),
+        "file-not-object": (b'{"files": ["x"]}', JSON_V1),
+        "hashes-not-object": (b'{"files": [{"url": "a.whl", "hashes": "x"}]}', JSON_V1),
+        "truncated": (b'{"files": [{"url": "a.wh', JSON_V1),
+        "not-utf8": (b"\xff\xfe<a href='x.whl'>x</a>", "text/html"),
+    }
+
+    async def page(request: web.Request) -> web.Response:
+        body, ctype = bodies[request.match_info["name"]]
+        return web.Response(body=body, content_type=ctype)
+
+    app = web.Application()
+    app.router.add_get("/simple/{name}/", page)
+    server = await aiohttp_server(app)
+    cfg = load({"pypi": ("pypi", str(server.make_url("/simple")))})
+    client = await aiohttp_client(make_app(cfg))
+    for name in bodies:
+        accept = "text/html" if name == "not-utf8" else PIP_ACCEPT
+        r = await client.get(f"/pypi/simple/{name}/", headers={"Accept": accept})
+        if name == "not-utf8":
+            # Undecodable bytes in HTML are replaced, never an error: links still work.
+            assert r.status == 200
+            continue
+        assert r.status == 502, name
+        assert "index document unreadable" in await r.text()
+    assert (await client.get("/_cachesrv/api/v1/stats")).status == 200
