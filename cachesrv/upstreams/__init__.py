@@ -55,6 +55,3 @@ def package_prefix(filename: str) -> str | None:
     """
     m = _VERSIONED.match(filename)
     return m.group(1) if m else None
-
-_a: Kind = apt
-_g: Kind = generic

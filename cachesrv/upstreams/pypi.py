@@ -280,9 +280,7 @@ def _json_page(body: bytes) -> dict[str, Any]:
     ):
         raise ValueError("not a PEP 691 project page (files must be a list of objects)")
     for f in files:
-        if not isinstance(f.get("hashes", {}), dict) or not isinstance(
-            f.get("filename", ""), str
-        ):
+        if not isinstance(f.get("hashes", {}), dict) or not isinstance(f.get("filename", ""), str):
             raise ValueError(f"malformed file entry: {str(f)[:100]}")
     assert isinstance(doc, dict)
     return doc
