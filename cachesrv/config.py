@@ -165,6 +165,15 @@ DEFAULT_UPSTREAMS: dict[str, dict[str, Any]] = {
         "assertions_url": "https://api.snapcraft.io",
         "file_hosts": ["*.cdn.snapcraftcontent.com", "api.snapcraft.io"],
     },
+    "npm": {"kind": "npm", "url": "https://registry.npmjs.org"},
+    # The Go module proxy; its checksum database is proxied at /goproxy/sumdb/<name>/.
+    "goproxy": {"kind": "goproxy", "url": "https://proxy.golang.org"},
+    # crates.io's sparse index; its config.json sends downloads to static.crates.io.
+    "crates": {
+        "kind": "cargo",
+        "url": "https://index.crates.io",
+        "file_hosts": ["static.crates.io"],
+    },
 }
 
 _SERVER_KEYS = {

@@ -12,7 +12,7 @@ import re
 
 from ..config import UpstreamConfig
 from ..models import ArtifactKind
-from . import apt, generic, git, pypi, snap
+from . import apt, cargo, generic, git, goproxy, npm, pypi, snap
 from .kind import Declared, Kind
 
 #: Every upstream kind, by the name `[upstreams.NAME] kind` takes.
@@ -21,6 +21,9 @@ KINDS: dict[str, Kind] = {
     "pypi": pypi,
     "snap": snap,
     "generic": generic,
+    "npm": npm,
+    "goproxy": goproxy,
+    "cargo": cargo,
 }
 
 _VERSIONED = re.compile(r"^(.+?[-_])\d")
