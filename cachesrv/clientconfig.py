@@ -12,6 +12,10 @@ command's output can be redirected there as it is:
 - uv: `/etc/uv/uv.toml` (uv's system-level configuration): a default `[[index]]`;
 - npm: `/etc/npmrc`: `registry` when the config has an npm upstream, else the proxy
   and the CA bundle (the registry's host must then be one cachesrv intercepts);
+- go: `/etc/profile.d/cachesrv-go.sh` (or `go env -w`): `GOPROXY` at the cache only and
+  `GONOPROXY=none`;
+- cargo: `$CARGO_HOME/config.toml` (`~/.cargo/config.toml`): crates.io replaced by the
+  cache's sparse registry;
 - snap: a systemd drop-in for snapd with the store URLs (`SNAPPY_FORCE_API_URL`...).
 """
 
@@ -23,9 +27,16 @@ from collections.abc import Callable
 
 from .config import Config
 from .errors import ConfigError
-from .wrapenv import Server, apt_offline_lines, apt_proxy_lines, first_upstream
+from .wrapenv import (
+    Server,
+    apt_offline_lines,
+    apt_proxy_lines,
+    cargo_config_text,
+    cargo_registry,
+    first_upstream,
+)
 
-KINDS = ("apt", "pip", "uv", "npm", "snap")
+KINDS = ("apt", "pip", "uv", "npm", "go", "cargo", "snap")
 #: Where a machine keeps the cache's CA once trusted (Debian's update-ca-certificates).
 CA_FILE = "/usr/local/share/ca-certificates/cachesrv.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -143,7 +154,10 @@ def _npm(config: Config, server: Server, offline: bool) -> str:
     ]
     npm = first_upstream(config, "npm")
     if npm is not None:
-        return "\n".join([*head, f"registry={server.url}/{npm}/"]) + "\n"
+        lines = [*head, f"registry={server.url}/{npm}/"]
+        if offline:
+            lines += ["update-notifier=false", "audit=false", "fund=false"]
+        return "\n".join(lines) + "\n"
     intercepted = config.tls.intercepts(NPM_REGISTRY_HOST)
     lines = [
         *head,
@@ -159,6 +173,41 @@ def _npm(config: Config, server: Server, offline: bool) -> str:
         f"cafile={SYSTEM_BUNDLE}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _go(config: Config, server: Server, offline: bool) -> str:
+    goproxy = _needs(config, "goproxy", "go", '[upstreams.goproxy] kind = "goproxy"')
+    url = f"{server.url}/{goproxy}"
+    return (
+        "# /etc/profile.d/cachesrv-go.sh\n"
+        f"# go through the cache at {server.url}: {_command('go', server, offline)}\n"
+        "# (one user instead: go env -w GOPROXY=... GONOPROXY=none)\n"
+        "# The cache only, no `direct`: a module it lacks is a clear miss, never a clone.\n"
+        "# The checksum database is asked through it too (/sumdb/); for modules it cannot\n"
+        "# know (private ones) set GONOSUMDB=<their path prefixes>.\n"
+        f"export GOPROXY={url}\n"
+        "export GONOPROXY=none\n"
+    )
+
+
+def _cargo(config: Config, server: Server, offline: bool) -> str:
+    _needs(config, "cargo", "cargo", '[upstreams.crates] kind = "cargo"')
+    registry = cargo_registry(server, seed=None, config=config)
+    assert registry is not None
+    head = (
+        "# $CARGO_HOME/config.toml (~/.cargo/config.toml; keep your other settings in it)\n"
+        f"# cargo through the cache at {server.url}: {_command('cargo', server, offline)}\n"
+    )
+    return head + cargo_config_text("", registry)
+
+
+def _needs(config: Config, kind: str, client: str, example: str) -> str:
+    name = first_upstream(config, kind)
+    if name is None:
+        raise ConfigError(
+            f"the config has no upstream of kind {kind!r} for {client} to use (add one: {example})"
+        )
+    return name
 
 
 def _snap(config: Config, server: Server, offline: bool) -> str:
@@ -193,5 +242,7 @@ _RENDERERS: dict[str, Callable[[Config, Server, bool], str]] = {
     "pip": _pip,
     "uv": _uv,
     "npm": _npm,
+    "go": _go,
+    "cargo": _cargo,
     "snap": _snap,
 }

@@ -58,10 +58,12 @@ from .tls.ca import LocalCA
 from .wrapenv import (
     SEED_NAME,
     Server,
+    cargo_registry,
     client_env,
     shell_lines,
     wrap_variables,
     write_apt_config,
+    write_cargo_home,
     write_tls_trust,
 )
 
@@ -152,7 +154,14 @@ def run_wrap(config: Config, opts: WrapOptions) -> int:
             offline=server_offline,
             ca_bundle=tls.bundle,
         )
-        variables = wrap_variables(server, seed=opts.seed, config=config, apt_config=apt, tls=tls)
+        cargo = write_cargo_home(
+            Path(tmp),
+            env=os.environ,
+            registry=cargo_registry(server, seed=opts.seed, config=config),
+        )
+        variables = wrap_variables(
+            server, seed=opts.seed, config=config, apt_config=apt, tls=tls, cargo_home=cargo
+        )
         if signals.pending:
             return 128 + signals.pending[0]
         status = signals.run(list(opts.command), client_env(os.environ, variables))
@@ -218,7 +227,12 @@ def print_env(config: Config, opts: WrapOptions) -> str:
         offline=opts.offline,
         ca_bundle=tls.bundle if tls else None,
     )
-    variables = wrap_variables(server, seed=opts.seed, config=config, apt_config=apt, tls=tls)
+    cargo = write_cargo_home(
+        workdir, env=os.environ, registry=cargo_registry(server, seed=opts.seed, config=config)
+    )
+    variables = wrap_variables(
+        server, seed=opts.seed, config=config, apt_config=apt, tls=tls, cargo_home=cargo
+    )
     head = [f"# cachesrv wrap --print-env: clients through {server.url}"]
     if opts.seed:
         head.append(f"# recorded in seed {opts.seed}")

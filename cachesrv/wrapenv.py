@@ -5,6 +5,14 @@
 - apt: `APT_CONFIG`, a generated file (see `apt_config_text`);
 - snap tooling: `SNAPPY_FORCE_API_URL`, `SNAPPY_FORCE_SAS_URL`, `UBUNTU_STORE_URL` =
   `<server>/[@seed/]<snap>/`, and `SNAPPY_STORE_NO_CDN=1`;
+- npm: `npm_config_registry=<server>/[@seed/]<npm>/`, and the update notifier, audit
+  and fund requests off (each would be a miss in every offline build);
+- go: `GOPROXY=<server>/[@seed/]<goproxy>` alone (no `direct`) and `GONOPROXY=none`,
+  so even `GOPRIVATE` modules come through the cache; the checksum database is asked
+  through the proxy (`/sumdb/`), so `GOSUMDB` is left as the build has it;
+- cargo: `CARGO_HOME`, a private one whose `config.toml` is the user's with crates.io
+  replaced by `sparse+<server>/[@seed/]<cargo>/` (Cargo's `[source]` table has no
+  environment form; see `cargo_config_text`);
 - curl, wget, git, Python and the rest: `http_proxy`, `HTTP_PROXY`, `https_proxy`,
   `HTTPS_PROXY` = `http://[seed:NAME@]host:port/`; `https://` URLs then go through a
   `CONNECT` tunnel that the server terminates with a certificate from its local CA
@@ -47,7 +55,16 @@ from .upstreams.apt import OFFLINE_SETTINGS
 
 SEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Removed from the build's environment: each lets a client go around the server.
-BYPASS_VARS = ("no_proxy", "NO_PROXY", "PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX")
+BYPASS_VARS = (
+    "no_proxy",
+    "NO_PROXY",
+    "PIP_EXTRA_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "npm_config_noproxy",
+    "NPM_CONFIG_NOPROXY",
+    "NPM_CONFIG_REGISTRY",
+)
 #: What the generated apt configuration names the rewritten sources (next to apt.conf).
 SOURCES_DIR = "apt-sources"
 
@@ -162,6 +179,7 @@ def wrap_variables(
     config: Config,
     apt_config: Path | None,
     tls: TlsTrust | None = None,
+    cargo_home: Path | None = None,
 ) -> dict[str, str]:
     """The variables the build gets (see the module doc)."""
     found: dict[str, str] = {"CACHESRV_URL": server.url}
@@ -202,6 +220,19 @@ def wrap_variables(
             UBUNTU_STORE_URL=store,
             SNAPPY_STORE_NO_CDN="1",
         )
+    npm = first_upstream(config, "npm")
+    if npm is not None:
+        found.update(
+            npm_config_registry=f"{server.base(seed)}/{npm}/",
+            npm_config_update_notifier="false",
+            npm_config_audit="false",
+            npm_config_fund="false",
+        )
+    goproxy = first_upstream(config, "goproxy")
+    if goproxy is not None:
+        found.update(GOPROXY=f"{server.base(seed)}/{goproxy}", GONOPROXY="none")
+    if cargo_home is not None:
+        found["CARGO_HOME"] = str(cargo_home)
     if apt_config is not None:
         found["APT_CONFIG"] = str(apt_config)
     return found
@@ -219,6 +250,67 @@ def shell_lines(variables: Mapping[str, str]) -> list[str]:
     lines = [f"unset {name}" for name in BYPASS_VARS if name not in variables]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
     return lines
+
+
+# -- cargo --------------------------------------------------------------------------
+
+#: The name the generated Cargo configuration gives the cache's registry.
+CARGO_SOURCE = "cachesrv"
+_TOML_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]*?)\s*\]\]?\s*(#.*)?$")
+
+
+def cargo_registry(server: Server, *, seed: str | None, config: Config) -> str | None:
+    """`sparse+<server>/[@seed/]<cargo upstream>/`, if the config has a cargo upstream."""
+    name = first_upstream(config, "cargo")
+    return f"sparse+{server.base(seed)}/{name}/" if name else None
+
+
+def cargo_config_text(user: str, registry: str) -> str:
+    """The user's Cargo configuration with crates.io replaced by the cache.
+
+    Tables of the user's that would fight the replacement (`[source.crates-io]`,
+    `[source.cachesrv]`) are dropped, line by line, so the TOML stays valid; every
+    other setting (`[build]`, `[net]`, `[registries]`, `[target]`, ...) is kept as it is.
+    """
+    kept: list[str] = []
+    dropping = False
+    for line in user.splitlines():
+        m = _TOML_TABLE.match(line)
+        if m:
+            name = m.group(1).replace('"', "").replace("'", "").replace(" ", "")
+            dropping = name in ("source.crates-io", f"source.{CARGO_SOURCE}")
+        if not dropping:
+            kept.append(line)
+    head = "\n".join(kept).rstrip()
+    ours = (
+        "# cachesrv wrap: crates.io through the cache\n"
+        "[source.crates-io]\n"
+        f'replace-with = "{CARGO_SOURCE}"\n\n'
+        f"[source.{CARGO_SOURCE}]\n"
+        f'registry = "{registry}"\n'
+    )
+    return f"{head}\n\n{ours}" if head else ours
+
+
+def write_cargo_home(workdir: Path, *, env: Mapping[str, str], registry: str | None) -> Path | None:
+    """A private `CARGO_HOME` in `workdir` whose `config.toml` is `cargo_config_text` of
+    the user's (`$CARGO_HOME/config.toml`, or the older `config`); None without a cargo
+    upstream. Its registry cache starts empty, so every crate the build uses passes
+    through the cache and is recorded."""
+    if registry is None:
+        return None
+    user_home = Path(env.get("CARGO_HOME") or Path(env.get("HOME", "/nonexistent")) / ".cargo")
+    user = ""
+    for name in ("config.toml", "config"):
+        try:
+            user = (user_home / name).read_text(encoding="utf-8")
+            break
+        except (OSError, UnicodeError):
+            continue
+    home = workdir / "cargo-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(cargo_config_text(user, registry), encoding="utf-8")
+    return home
 
 
 # -- apt ----------------------------------------------------------------------------

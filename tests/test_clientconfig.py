@@ -27,12 +27,16 @@ UPSTREAMS = {
     "debian": ("apt", "http://127.0.0.1:9/debian"),
     "pypi": ("pypi", "http://127.0.0.1:9/simple"),
     "snapstore": ("snap", "http://127.0.0.1:9"),
+    "goproxy": ("goproxy", "http://127.0.0.1:9"),
+    "crates": {"kind": "cargo", "url": "http://127.0.0.1:9/index"},
 }
 FIRST_LINE = {
     "apt": "// /etc/apt/apt.conf.d/99cachesrv",
     "pip": "# /etc/pip.conf",
     "uv": "# /etc/uv/uv.toml",
     "npm": "# /etc/npmrc",
+    "go": "# /etc/profile.d/cachesrv-go.sh",
+    "cargo": "# $CARGO_HOME/config.toml (~/.cargo/config.toml; keep your other settings in it)",
     "snap": "# /etc/systemd/system/snapd.service.d/cachesrv.conf",
 }
 
@@ -185,12 +189,40 @@ def test_npmrc_proxy_without_an_npm_upstream(tmp_path: Path, config: Path) -> No
 
 
 def test_npmrc_registry_with_an_npm_upstream(tmp_path: Path) -> None:
-    # No npm kind in the config file yet: the upstream table is built as the loader would.
     cfg = load_config(None, store=tmp_path / "store")
     npm = UpstreamConfig(name="npmjs", kind="npm", url="https://registry.npmjs.org")
-    cfg = dataclasses.replace(cfg, upstreams={**cfg.upstreams, "npmjs": npm})
+    cfg = dataclasses.replace(cfg, upstreams={"npmjs": npm})
     text = client_config("npm", cfg, Server.parse(SERVER), offline=False)
     assert npmrc(text) == {"registry": f"{SERVER}/npmjs/"}
+    offline = npmrc(client_config("npm", cfg, Server.parse(SERVER), offline=True))
+    assert offline == {
+        "registry": f"{SERVER}/npmjs/",
+        "update-notifier": "false",
+        "audit": "false",
+        "fund": "false",
+    }
+
+
+def test_go_profile_sets_the_cache_only(config: Path, tmp_path: Path) -> None:
+    script = tmp_path / "go.sh"
+    script.write_text(printed(config, "go"))
+    out = subprocess.run(
+        ["sh", "-c", f'. "{script}" && echo "$GOPROXY|$GONOPROXY"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == f"{SERVER}/goproxy|none"
+
+
+def test_cargo_config_replaces_crates_io(config: Path) -> None:
+    doc = tomllib.loads(printed(config, "cargo"))
+    assert doc == {
+        "source": {
+            "crates-io": {"replace-with": "cachesrv"},
+            "cachesrv": {"registry": f"sparse+{SERVER}/crates/"},
+        }
+    }
 
 
 def test_snapd_dropin(config: Path) -> None:
@@ -219,10 +251,10 @@ def test_every_kind_and_the_errors(config: Path, write_config: Callable[..., Pat
     bad = run_cli("client-config", "yum", "--config", config, check=False)
     assert bad.returncode != 0 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        "cachesrv: error: unknown client 'yum': use one of apt, pip, uv, npm, snap"
+        "cachesrv: error: unknown client 'yum': use one of apt, pip, uv, npm, go, cargo, snap"
     ]
     apt_only = write_config({"debian": ("apt", "http://127.0.0.1:9/debian")})
-    for kind in ("pip", "uv", "snap"):
+    for kind in ("pip", "uv", "snap", "go", "cargo"):
         r = run_cli("client-config", kind, "--config", apt_only, check=False)
         assert r.returncode == 1 and "no upstream of kind" in r.stderr, r.stderr
     r = run_cli("client-config", "apt", "--config", config, "--server", "ftp://x", check=False)

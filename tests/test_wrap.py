@@ -12,6 +12,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tomllib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from cachesrv.wrapenv import (
     AptPaths,
     Server,
     apt_config_text,
+    cargo_config_text,
     https_sources,
     rewrite_https,
     wrap_variables,
@@ -199,6 +201,60 @@ def test_print_env_points_every_client_at_the_server(tmp_path: Path) -> None:
         assert 'Acquire::http::Proxy "http://seed:b1@127.0.0.1:3142/";' in apt
         assert "Check-Valid-Until" not in apt  # online
         assert Path(exported["APT_CONFIG"]).is_relative_to(tmp_path / "cache")
+    # npm, Go and Cargo (issue 14): the cache only, nothing that goes around it.
+    assert exported["npm_config_registry"] == "http://127.0.0.1:3142/@b1/npm/"
+    assert exported["npm_config_update_notifier"] == "false"
+    assert exported["npm_config_audit"] == exported["npm_config_fund"] == "false"
+    assert exported["GOPROXY"] == "http://127.0.0.1:3142/@b1/goproxy"  # no ",direct"
+    assert exported["GONOPROXY"] == "none"
+    cargo = Path(exported["CARGO_HOME"]) / "config.toml"
+    assert tomllib.loads(cargo.read_text()) == {
+        "source": {
+            "crates-io": {"replace-with": "cachesrv"},
+            "cachesrv": {"registry": "sparse+http://127.0.0.1:3142/@b1/crates/"},
+        }
+    }
+
+
+def test_print_env_keeps_the_users_cargo_settings(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    home = tmp_path / "cargo"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[build]\njobs = 3\n\n[source.crates-io]\nreplace-with = "vendored"\n\n'
+        '[source."vendored"]\ndirectory = "vendor"\n\n[net]\nretry = 7\n'
+    )
+    env["CARGO_HOME"] = str(home)
+    r = subprocess.run(
+        [*CACHESRV, "wrap", "--server", "http://127.0.0.1:3142", "--print-env"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    line = next(x for x in r.stdout.splitlines() if x.startswith("export CARGO_HOME="))
+    generated = Path(shlex.split(line.partition("=")[2])[0])
+    assert generated != home and generated.is_relative_to(tmp_path / "cache")
+    doc = tomllib.loads((generated / "config.toml").read_text())
+    assert doc["build"] == {"jobs": 3} and doc["net"] == {"retry": 7}
+    assert doc["source"]["crates-io"] == {"replace-with": "cachesrv"}
+    assert doc["source"]["vendored"] == {"directory": "vendor"}
+    assert doc["source"]["cachesrv"]["registry"] == "sparse+http://127.0.0.1:3142/crates/"
+    assert "[build]" in (home / "config.toml").read_text()  # the user's file is untouched
+
+
+def test_cargo_config_drops_only_the_tables_it_replaces() -> None:
+    user = (
+        "[source.crates-io] # theirs\nreplace-with = 'x'\n"
+        "[ source . cachesrv ]\nregistry = 'old'\n[[bin]]\nname = 'a'\n"
+    )
+    doc = tomllib.loads(cargo_config_text(user, "sparse+http://c/crates/"))
+    assert doc["source"] == {
+        "crates-io": {"replace-with": "cachesrv"},
+        "cachesrv": {"registry": "sparse+http://c/crates/"},
+    }
+    assert doc["bin"] == [{"name": "a"}]
 
 
 # -- the generated apt configuration ------------------------------------------------------
