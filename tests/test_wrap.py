@@ -12,8 +12,8 @@ import shlex
 import signal
 import socket
 import subprocess
-import tomllib
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 

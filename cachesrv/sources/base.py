@@ -1,7 +1,7 @@
 """What a source answers: the `Source` protocol shared by online and offline wiring.
 
 The web layer asks a `Source` to `open` a `Request` and serves whatever `Answer`
-comes back. `fetch.OnlineSource` may fetch upstream; `offline.OfflineSource` only
+comes back. `online.OnlineSource` may fetch upstream; `offline.OfflineSource` only
 looks up the store and raises `NotCached` with a diagnosis. The app factory picks
 one by mode; handlers never test the mode.
 """

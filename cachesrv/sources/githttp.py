@@ -1,6 +1,6 @@
 """git smart HTTP over any source: clones recorded online, replayed offline.
 
-`GitSmartHttp` wraps the online or offline source like `SimpleIndex` and `SnapStore`
+`GitSmartHttp` wraps the online or offline source like `IndexDocuments` and `SnapStore`
 do. Requests that are not git's pass straight through. For the advertisement
 (`info/refs?service=git-upload-pack`) and `git-upload-pack` POSTs it asks the inner
 source under the keys `upstreams/git.py` makes (protocol and normalised request body

@@ -1,14 +1,14 @@
 """The Snap Store over any source: record refresh actions online, replay them offline.
 
 `SnapStore` wraps the online or offline source (the app factory chooses which, once),
-like `simple_index.SimpleIndex` does for PyPI pages. Requests to other upstream kinds
+like `documents.IndexDocuments` does for index documents. Requests to other upstream kinds
 pass straight through. For a `kind = "snap"` upstream (shapes: `upstreams/snap.py`,
 after snapd's `store/store.go`, `store/store_action.go`, `store/store_asserts.go`):
 
 - `POST /v2/snaps/refresh`: online, forwarded upstream with the client's device headers;
   each action's result is recorded as a small JSON entry under its normalised key, the
   sha3-384 it declares for its download is remembered (so the download is verified and
-  a mismatching body never recorded, `fetch.Flight`), and the answer is rendered from
+  a mismatching body never recorded, `online.Flight`), and the answer is rendered from
   those records with every `download.url` pointing at cachesrv. Offline, each action is
   answered from its record; a missing one gets a per-action error whose code snapd does
   not translate, so `snap` prints our message ("not in offline seed: snap NAME (channel

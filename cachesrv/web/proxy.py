@@ -40,8 +40,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if request.method == hdrs.METH_POST and (
         route.upstream.kind == "snap" or git.endpoint(route.path) == "upload-pack"
     ):
-        # The snap store API answers refresh actions to POSTs (see snapstore.py), git
-        # upload-pack its requests (githttp.py). aiohttp has undone any gzip encoding.
+        # The snap store API answers refresh actions to POSTs (see sources/snapstore.py), git
+        # upload-pack its requests (sources/githttp.py). aiohttp has undone any gzip encoding.
         body = await request.read()
     elif request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
         raise MethodNotAllowed(f"{request.method} is not supported; cachesrv serves GET and HEAD")

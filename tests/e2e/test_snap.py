@@ -167,7 +167,7 @@ def site(
                     "kind": "snap",
                     "url": store.url,
                     "assertions_url": store.url,
-                    # Host only: fetch.py checks a redirect's host without its port.
+                    # Host only: sources/online.py checks a redirect's host without its port.
                     "file_hosts": ["127.0.0.1"],
                 }
             }
