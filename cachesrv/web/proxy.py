@@ -84,7 +84,9 @@ def _served_root(request: web.Request, target: str, route: Route) -> str | None:
     prefix = f"/{seed}{route.upstream.name}/"
     if not target.startswith(prefix):
         return None  # proxy form, a tunnel, or apt-cacher-ng's /HTTPS/// form
-    return f"{request.scheme}://{request.host}{prefix}"
+    # `url.origin()` keeps the port of a proxy-form URL naming this server, which
+    # `request.host` drops.
+    return f"{request.url.origin()}{prefix}"
 
 
 _CONDITIONAL = (

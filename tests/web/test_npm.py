@@ -147,3 +147,29 @@ async def test_proxy_form_clients_keep_the_registry_urls(
     assert doc["versions"]["1.0.0"]["dist"]["tarball"] == registry.tarball_url(UTIL, "1.0.0")
     # Same entry as the origin-form request's.
     assert await entries(client) == {f"{registry.url}/@scope%2Futil"}
+
+
+async def test_a_proxy_form_request_naming_this_server_links_back_with_its_port(
+    aiohttp_client: MakeClient, load: Callable[..., Config], registry: FakeNpmRegistry
+) -> None:
+    """Under `cachesrv wrap` clients send the server's own URLs through it as their
+    proxy (`GET http://127.0.0.1:PORT/@b1/npm/...`): tarball links keep that port
+    (aiohttp's `request.host` drops it there) and the seed prefix."""
+    client = await aiohttp_client(make_app(npm_config(load, registry)))
+    own = f"http://{client.host}:{client.port}"
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET {own}/@b1/npm/@scope%2futil HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 200")
+    tarball = json.loads(body)["versions"]["1.0.0"]["dist"]["tarball"]
+    assert tarball == f"{own}/@b1/npm/@scope/util/-/util-1.0.0.tgz"
+    got = await client.get(tarball.removeprefix(own))
+    assert (
+        got.status == 200 and await got.read() == registry.tarball_path(UTIL, "1.0.0").read_bytes()
+    )
