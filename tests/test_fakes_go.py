@@ -455,6 +455,53 @@ def test_sumdb_supported_is_asked_and_404_sends_go_direct(
 
 
 @needs_go
+def test_checksum_database(tmp_path: Path, gocache: Path) -> None:
+    """With ``sumdb=NAME`` the fake is a real checksum database: go checks the signed tree
+    head and the record's place in the log through tiles (two levels here), and refuses
+    a zip other than the one the database recorded, with no go.sum to compare."""
+    with FakeGoProxy(sumdb="sum.example.test") as px:
+        db = px.sumdb
+        assert db is not None
+        for i in range(300):  # other records first: greet sits in the second level-0 tile
+            mod = f"example.test/filler{i}"
+            db.add(mod, "v1.0.0", [f"{mod} v1.0.0 h1:{i}", f"{mod} v1.0.0/go.mod h1:{i}"])
+        add_test_modules(px)
+        assert db.size == 303
+        env = go_env(tmp_path / "a", px.url, gocache=gocache)
+        env["GOSUMDB"] = db.vkey
+        main = main_module(tmp_path / "a")
+        run_go(["build", "-o", "prog", "."], main, env)
+        assert sorted((main / "go.sum").read_text().splitlines()) == gosum_lines(
+            px, (GREET, "v1.1.0"), (WORDS, "v0.2.0")
+        )
+        sumdb = sorted(p for p in px.paths() if p.startswith("/sumdb/"))
+        assert sumdb == [
+            "/sumdb/sum.example.test/lookup/example.test/!upper/words@v0.2.0",
+            "/sumdb/sum.example.test/lookup/example.test/greet@v1.1.0",
+            "/sumdb/sum.example.test/supported",
+            "/sumdb/sum.example.test/tile/8/0/001.p/47",
+            "/sumdb/sum.example.test/tile/8/1/000.p/1",
+        ]
+        # The signed tree head, as go reads it: go.sum database tree, size, hash, signature.
+        head = fetch(px.url, "/sumdb/sum.example.test/latest").body.decode()
+        assert head.startswith("go.sum database tree\n303\n")
+        assert "\n\n\u2014 sum.example.test " in head
+
+        tampered = px.corrupt_zip(GREET, "v1.1.0")
+        env = go_env(tmp_path / "b", px.url, gocache=gocache)
+        env["GOSUMDB"] = db.vkey
+        fresh = main_module(tmp_path / "b")
+        failed = run_go(["mod", "download"], fresh, env, check=False)
+        assert failed.returncode == 1
+        assert (
+            f"go: {GREET}@v1.1.0: verifying module: checksum mismatch\n"
+            f"\tdownloaded: {hash_zip(tampered)}\n"
+            f"\tsum.example.test: {px.module(GREET, 'v1.1.0').h1}\n\nSECURITY ERROR\n"
+            "This download does NOT match the one reported by the checksum server."
+        ) in failed.stderr
+
+
+@needs_go
 def test_go_env_is_shielded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # What a machine may have set: inherited variables, and a `go env -w` file.
     monkeypatch.setenv("GOPRIVATE", "example.test")

@@ -15,7 +15,11 @@ kind's `Documents` rules, `upstreams/kind.py`) pass straight through. For a docu
   whose bodies are stored (in strict mode: in the seed), so clients resolve to what
   exists instead of failing on a missing file;
 - a document that cannot be read is a clear 502 (online) and nothing is recorded
-  from it; a miss is listed under the URL the client asked, not a format's key.
+  from it; a miss is listed under the URL the client asked, not a format's key;
+- offline, a `synthetic` format that was never recorded is rendered from the store
+  (`render` gets no body) without asking the inner source, so no miss is logged for
+  it; when `render` raises `NothingStored` (nothing to make it from), the inner
+  source's miss is the answer (logged and explained like any other).
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ import aiofiles
 from ..errors import NotCached, UpstreamError
 from ..store import Store
 from ..upstreams import kind_of
-from ..upstreams.kind import Doc, Documents, FileRef, View
+from ..upstreams.kind import Doc, Documents, FileRef, NothingStored, View
 from ..upstreams.router import Route
 from .base import Answer, Generated, Outcome, Request, Source, Stored
+
+
+class _NothingStored(Exception):
+    """A synthetic document with nothing stored to make it from: a miss."""
 
 
 class IndexDocuments:
@@ -47,25 +55,46 @@ class IndexDocuments:
         if rules is None or not formats:
             return await self.inner.open(request)
         doc = await self._choose(formats, route.seed)
-        body: bytes | None = None
+        doc_request = Request(
+            route=route.rekeyed(doc.key),
+            method="GET",
+            user_agent=request.user_agent,
+            accept=request.accept,
+            headers=request.headers,
+            needs_complete=True,
+        )
         answer: Answer | None = None
+        miss: NotCached | None = None
+        # Offline, a synthetic format that was never recorded is made from the store
+        # without asking the inner source, which would log a miss for it.
+        if not (self.offline and doc.synthetic) or await self._recorded(doc, route.seed):
+            try:
+                answer = await self.inner.open(doc_request)
+            except NotCached as exc:
+                if not doc.synthetic:
+                    raise
+                miss = exc
+        try:
+            return await self._answer(rules, request, doc, answer)
+        except _NothingStored:
+            # Nothing stored to make it from: the inner source's miss (logged, explained).
+            if miss is not None:
+                raise miss from None
+            answer = await self.inner.open(doc_request)
+            return await self._answer(rules, request, doc, answer)
+
+    async def _answer(
+        self, rules: Documents, request: Request, doc: Doc, answer: Answer | None
+    ) -> Generated:
+        """The kind's rendering of the recorded body (`answer`) or, for a synthetic
+        format with none, of what is stored; `_NothingStored` if there is nothing to
+        make it from (`render` raised `NothingStored`)."""
+        route = request.route
+        upstream = route.upstream
+        body: bytes | None = None
         outcome = Outcome.OFFLINE_MISS
         content_type = doc.content_type
-        try:
-            answer = await self.inner.open(
-                Request(
-                    route=route.rekeyed(doc.key),
-                    method="GET",
-                    user_agent=request.user_agent,
-                    accept=request.accept,
-                    headers=request.headers,
-                    needs_complete=True,
-                )
-            )
-        except NotCached:
-            if not doc.synthetic:
-                raise
-        else:
+        if answer is not None:
             assert isinstance(answer, Stored)
             async with aiofiles.open(answer.path, "rb") as f:
                 body = await f.read()
@@ -85,7 +114,12 @@ class IndexDocuments:
                 stored=stored,
                 companions=companions,
             )
-            rendered = rules.render(upstream, doc, body, view)
+            try:
+                rendered = rules.render(upstream, doc, body, view)
+            except NothingStored as exc:
+                if body is not None:
+                    raise ValueError(str(exc)) from None
+                raise _NothingStored(str(exc)) from None
         except (ValueError, UnicodeError) as exc:
             raise UpstreamError(
                 upstream.name, doc.url, f"index document unreadable: {str(exc)[:200]}"
@@ -104,6 +138,11 @@ class IndexDocuments:
         only_seed = seed if self.strict else None
         recorded = await index.run(index.stored_keys, [d.key for d in formats], only_seed)
         return next((d for d in formats if d.key in recorded), formats[0])
+
+    async def _recorded(self, doc: Doc, seed: str | None) -> bool:
+        index = self.store.index
+        only_seed = seed if self.strict else None
+        return bool(await index.run(index.stored_keys, [doc.key], only_seed))
 
     async def _companions(self, rules: Documents, route: Route, doc: Doc) -> dict[str, bytes]:
         """The recorded bodies of the documents this one needs; online, fetched if not

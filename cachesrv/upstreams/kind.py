@@ -76,6 +76,11 @@ class View:
     companions: Mapping[str, bytes] = field(default_factory=dict)
 
 
+class NothingStored(LookupError):
+    """Raised by `Documents.render` for a `synthetic` format with nothing stored to make
+    it from: the answer is then the usual offline miss (logged, explained)."""
+
+
 class Documents(Protocol):
     """The index-document rules of a kind (see module doc)."""
 
@@ -103,8 +108,9 @@ class Documents(Protocol):
 
     def render(self, upstream: UpstreamConfig, doc: Doc, body: bytes | None, view: View) -> bytes:
         """The document for the client: links through cachesrv and, offline, only what
-        is stored. `body` is None only for a `synthetic` format. Raises ValueError for a
-        document it cannot read."""
+        is stored. `body` is None only for a `synthetic` format (`NothingStored` if
+        nothing is stored to make it from). Raises ValueError for a document it cannot
+        read."""
         ...
 
 

@@ -16,7 +16,11 @@ is ``example.test/!upper``):
   the highest pre-release when there is no release);
 * ``GET /sumdb/<name>/supported`` (and anything else under ``/sumdb/``): 404, which tells
   go that this proxy does not proxy checksum databases (it then goes to the database
-  directly, so tests turn verification off: ``GOSUMDB=off``).
+  directly, so tests turn verification off: ``GOSUMDB=off``); unless the proxy was made
+  with ``sumdb="<name>"``: then it serves a real checksum database of that name under
+  ``/sumdb/<name>/`` (tests/fakes/gosumdb.py: ``supported``, ``latest``, ``lookup/...``,
+  ``tile/...``) holding every version added, with the hashes of its zip as first built;
+  ``GOSUMDB=<proxy>.sumdb.vkey`` makes go verify every download against it.
 
 Unknown modules and versions answer ``404`` (or ``410`` with ``missing_status=410``) with
 a ``text/plain; charset=utf-8`` body, ``not_found_message`` formatted with ``what``
@@ -85,7 +89,13 @@ the order within a command varies from run to run; each URL is fetched once:
   version's ``.info``, ``.mod`` and ``.zip``: nothing about ``@latest`` is cached.
 * With a checksum database configured (``GOSUMDB=<name>+<hash>+<key>``), the first
   ``.mod`` downloaded makes go ask ``/sumdb/<name>/supported``; on 404 it goes to the
-  database itself (``https://<name>/lookup/<module>@<version>``).
+  database itself (``https://<name>/lookup/<module>@<version>``). With the fake's own
+  database (``sumdb=<name>``) go stays on the proxy: ``supported``, then, for each
+  module not in go.sum, ``/sumdb/<name>/lookup/<module>@<version>`` (once per version,
+  for both its go.sum lines), and the tiles that prove the records (for a tree of 3
+  records, ``/sumdb/<name>/tile/8/0/000.p/3``; of 303, ``tile/8/0/001.p/47`` and
+  ``tile/8/1/000.p/1``). go keeps the tree head it saw under ``$GOPATH/pkg/sumdb`` and
+  the verified tiles and lookups in ``$GOMODCACHE/cache/download/sumdb``.
 
 For a 404 or 410 whose ``Content-Type`` is ``text/plain`` (charset utf-8, us-ascii or
 none) go prints the body after the status, up to its first blank line and at most 8
@@ -117,6 +127,7 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from tests.fakes.gosumdb import ChecksumDB
 from tests.fakes.server import ThreadedServer
 
 #: The ``Time`` of a version's ``.info`` unless add_module() is given one.
@@ -285,11 +296,17 @@ class FakeGoProxy(ThreadedServer[RecordedRequest]):
     """
 
     def __init__(
-        self, *, missing_status: int = 404, not_found_message: str = "not found: {what}"
+        self,
+        *,
+        missing_status: int = 404,
+        not_found_message: str = "not found: {what}",
+        sumdb: str | None = None,
     ) -> None:
         if missing_status not in (404, 410):
             raise ValueError("missing_status must be 404 or 410")
         super().__init__()
+        #: The checksum database served under /sumdb/<name>/, if any.
+        self.sumdb = ChecksumDB(sumdb) if sumdb else None
         self.url = ""
         self.missing_status = missing_status
         self.not_found_message = not_found_message
@@ -334,6 +351,8 @@ class FakeGoProxy(ThreadedServer[RecordedRequest]):
         )
         with self._mods_lock:
             self._modules.setdefault(path, _Module()).versions[version] = mv
+        if self.sumdb is not None:
+            self.sumdb.add(path, version, mv.gosum_lines())
         return mv
 
     def corrupt_zip(self, path: str, version: str, data: bytes | None = None) -> bytes:
@@ -401,6 +420,12 @@ class FakeGoProxy(ThreadedServer[RecordedRequest]):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if path.startswith("/sumdb/"):
+            db = self.sumdb
+            if db is not None and path.startswith(f"/sumdb/{db.name}/"):
+                got = db.answer(path[len(f"/sumdb/{db.name}/") :])
+                if got.status != 200:
+                    return web.Response(status=got.status, text=got.body.decode())
+                return self._answer(request, got.body, got.content_type)
             # Not a checksum-database proxy: go then tries the next proxy or the database.
             raise self._missing(path.removeprefix("/"), 404)
         if path.endswith("/@latest"):
