@@ -24,14 +24,18 @@ kind's `Documents` rules, `upstreams/kind.py`) pass straight through. For a docu
 
 from __future__ import annotations
 
+import logging
+
 import aiofiles
 
-from ..errors import NotCached, UpstreamError
+from ..errors import CachesrvError, NotCached, UpstreamError
 from ..store import Store
 from ..upstreams import kind_of
 from ..upstreams.kind import Doc, Documents, FileRef, NothingStored, View
 from ..upstreams.router import Route
 from .base import Answer, Generated, Outcome, Request, Source, Stored
+
+log = logging.getLogger("cachesrv.documents")
 
 
 class _NothingStored(Exception):
@@ -52,7 +56,11 @@ class IndexDocuments:
         upstream = route.upstream
         rules = kind_of(upstream).documents
         formats = rules.formats(upstream, route.url, request.accept) if rules else []
-        if rules is None or not formats:
+        if rules is None:
+            return await self.inner.open(request)
+        if not formats:
+            if not self.offline:
+                await self._declare_first(rules, route)
             return await self.inner.open(request)
         doc = await self._choose(formats, route.seed)
         doc_request = Request(
@@ -129,6 +137,24 @@ class IndexDocuments:
             content_type=content_type or "application/octet-stream",
             outcome=outcome,
         )
+
+    async def _declare_first(self, rules: Documents, route: Route) -> None:
+        """Fetch (and record) the document that declares a file's hash, when the file
+        is asked before any such document was seen (`Documents.declared_by`), so the
+        file is verified before it is recorded. If the document cannot be had, the
+        file is fetched as before, unverified (the client still checks it)."""
+        doc_key = rules.declared_by(route.upstream, route.url)
+        index = self.store.index
+        if doc_key is None or await index.run(index.declared_hash, route.url) is not None:
+            return
+        if await index.run(index.get, route.url) is not None:
+            return  # recorded already: a hit, or revalidated as before
+        base = route.upstream.base + "/"
+        sub = doc_key[len(base) :] if doc_key.startswith(base) else route.path
+        try:
+            await self.open(Request(route=route.rekeyed(doc_key, sub), needs_complete=True))
+        except CachesrvError as exc:
+            log.warning("cannot fetch %s to verify %s: %s", doc_key, route.url, exc)
 
     async def _choose(self, formats: list[Doc], seed: str | None) -> Doc:
         """Online, the client's preferred format; offline, the first one recorded."""

@@ -220,6 +220,9 @@ class _Registry:
             for v in parse_index(body)
         ]
 
+    def declared_by(self, upstream: UpstreamConfig, url: str) -> str | None:
+        return None
+
     def inventory(self, upstream: UpstreamConfig, doc: Doc) -> str | None:
         return None
 

@@ -266,6 +266,9 @@ class _Documents:
         # Nothing is declared: go verifies against go.sum and the checksum database.
         return []
 
+    def declared_by(self, upstream: UpstreamConfig, url: str) -> str | None:
+        return None
+
     def inventory(self, upstream: UpstreamConfig, doc: Doc) -> str | None:
         module = _module_of(upstream, doc.url)
         return f"{upstream.base}/{module}/@v/" if module else None

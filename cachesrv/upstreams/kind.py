@@ -101,6 +101,13 @@ class Documents(Protocol):
         for a document it cannot read."""
         ...
 
+    def declared_by(self, upstream: UpstreamConfig, url: str) -> str | None:
+        """The key of the document that declares the hash of the file at key `url`
+        (an npm tarball's packument), or None. Online, a file asked for before any
+        document declared its hash (a lockfile install) has that document fetched
+        first, so the file is verified before it is recorded."""
+        ...
+
     def inventory(self, upstream: UpstreamConfig, doc: Doc) -> str | None:
         """A key prefix whose stored keys `render` must know offline (a Go module's
         `@v/`), or None."""

@@ -363,6 +363,18 @@ class _Packuments:
                 refs.append(FileRef(key, declared(found[0])))
         return refs
 
+    def declared_by(self, upstream: UpstreamConfig, url: str) -> str | None:
+        """A registry tarball's packument, abbreviated (smaller, and it declares the
+        same `dist.integrity`)."""
+        base = upstream.base + "/"
+        if not url.startswith(base):
+            return None
+        name, sep, _ = url[len(base) :].partition("/-/")
+        if not sep:
+            return None
+        packument = packument_name(canonical_path(name))
+        return base + packument + ABBREVIATED_QUERY if packument else None
+
     def inventory(self, upstream: UpstreamConfig, doc: Doc) -> str | None:
         return None
 

@@ -320,6 +320,9 @@ class _Pages:
             refs += [FileRef(link.url, sha), FileRef(link.url + ".metadata", meta)]
         return refs
 
+    def declared_by(self, upstream: UpstreamConfig, url: str) -> str | None:
+        return None
+
     def inventory(self, upstream: UpstreamConfig, doc: Doc) -> str | None:
         return None
 

@@ -173,3 +173,32 @@ async def test_a_proxy_form_request_naming_this_server_links_back_with_its_port(
     assert (
         got.status == 200 and await got.read() == registry.tarball_path(UTIL, "1.0.0").read_bytes()
     )
+
+
+async def test_a_tarball_asked_before_its_packument_is_verified_all_the_same(
+    aiohttp_client: MakeClient, load: Callable[..., Config], registry: FakeNpmRegistry
+) -> None:
+    """`npm ci` from a lockfile with `resolved` URLs asks tarballs only: the packument
+    that declares their integrity is fetched first (abbreviated), so a tampered tarball
+    is never recorded and a good one is recorded verified, packument included."""
+    client = await aiohttp_client(make_app(npm_config(load, registry)))
+    registry.corrupt(UTIL, "1.0.0")
+    try:
+        answer = await client.get("/npm/@scope/util/-/util-1.0.0.tgz")
+        complete = answer.status == 200 and len(await answer.read()) > 0
+    except aiohttp.ClientPayloadError:
+        complete = False
+    assert not complete
+    packument = f"{registry.url}/@scope%2Futil"
+    tarball = f"{registry.url}/@scope/util/-/util-1.0.0.tgz"
+    assert await entries(client) == {packument + "?format=" + CORGI}
+    accepts = [r.headers.get("Accept", "") for r in registry.requests if "/-/" not in r.path]
+    assert len(accepts) == 1 and accepts[0].startswith(CORGI)
+    registry.corrupt(UTIL, "1.0.0", False)
+    good = await client.get("/npm/@scope/util/-/util-1.0.0.tgz")
+    assert await good.read() == registry.tarball_path(UTIL, "1.0.0").read_bytes()
+    assert tarball in await entries(client)
+    # Declared now: the next tarball of the same package costs no second packument.
+    registry.reset_log()
+    assert (await client.get("/npm/@scope/util/-/util-1.2.0.tgz")).status == 200
+    assert registry.paths() == ["/@scope/util/-/util-1.2.0.tgz"]
