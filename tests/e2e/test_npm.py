@@ -206,22 +206,28 @@ def test_npm_ci_from_lockfiles_online_then_offline(site: Site) -> None:
 
     online_url = site.serve("online")
     # npm replaces registry.npmjs.org in `resolved` with the configured registry (the
-    # cache): only the tarballs are asked, no packument.
+    # cache): npm asks only the tarballs, and the cache fetches each package's
+    # abbreviated packument first, to verify them against its dist.integrity.
     proc = site.npm(["ci"], public)
     assert proc.returncode == 0, proc.stderr
     assert installed(public) == TREE
     assert sorted(registry.paths()) == [
+        "/@scope/util",
         "/@scope/util/-/util-1.2.0.tgz",
+        "/leftpad-ish",
         "/leftpad-ish/-/leftpad-ish-1.1.0.tgz",
     ]
-    # A lockfile without `resolved`: npm asks the abbreviated packuments.
+    first = [r for r in registry.requests if "/-/" not in r.path]
+    assert {r.accept for r in first} == {NPM_CORGI_ACCEPT}
+    # A lockfile without `resolved`: npm asks the abbreviated packuments (revalidated).
+    registry.reset_log()
     bare = copy_project(source, site.tmp / "bare", without_resolved)
     proc = site.npm(["ci"], bare)
     assert proc.returncode == 0, proc.stderr
     packuments = [r for r in registry.requests if "/-/" not in r.path]
     assert sorted(r.raw_path for r in packuments) == ["/@scope%2Futil", "/leftpad-ish"]
     assert {r.accept for r in packuments} == {NPM_CORGI_ACCEPT}
-    assert len(registry.requests) == 4  # the tarballs were recorded already
+    assert len(registry.requests) == 2  # the tarballs were recorded already
     assert f"{registry.url}/leftpad-ish?format={CORGI}" in site.entries(f"{registry.url}/left")
 
     registry.reset_log()
