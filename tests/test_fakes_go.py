@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.fakes.goclient import GO, GoFailed, go_env, run_go, sumdb_key, write_main_module
+from tests.fakes.goclient import GO, go_env, run_go, sumdb_key, write_main_module
 from tests.fakes.goproxy import (
     DEFAULT_TIME,
     FakeGoProxy,
@@ -33,6 +33,7 @@ from tests.fakes.goproxy import (
     hash_zip,
     unescape_path,
 )
+from tests.fakes.pipclient import ClientFailed
 
 needs_go = pytest.mark.skipif(GO is None, reason="needs the go command (Debian: golang-go)")
 
@@ -430,7 +431,7 @@ def test_corrupted_zip_fails_checksum(proxy: FakeGoProxy, tmp_path: Path, gocach
     # The same for a build, and for bytes that are not a zip at all.
     proxy.corrupt_zip(GREET, "v1.1.0", b"not a zip")
     env = go_env(tmp_path / "third", proxy.url, gocache=gocache)
-    with pytest.raises(GoFailed) as info:
+    with pytest.raises(ClientFailed) as info:
         run_go(["build", "-o", "prog", "."], main, env)
     assert "zip: not a valid zip file" in info.value.stderr
 

@@ -43,7 +43,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.fakes.pipclient import LOOPBACK_HOSTS, TRAP_PROXY, ClientFailed
+from tests.fakes.pipclient import LOOPBACK_HOSTS, TRAP_PROXY, run_client
 
 #: Sparse registries (``sparse+http(s)://``) were stabilised in cargo 1.68.
 MIN_SPARSE_VERSION = (1, 68, 0)
@@ -222,19 +222,7 @@ def run_cargo(
     if stray:
         raise RuntimeError(f"cargo would also read {', '.join(map(str, stray))}")
     cmd = [str(binary), *args]
-    proc = subprocess.run(
-        cmd,
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise ClientFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
-    return proc
+    return run_client(cmd, env, check, timeout, cwd)
 
 
 def rust_ident(crate: str) -> str:

@@ -33,20 +33,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
+from tests.fakes.pipclient import run_client
+
 #: The ``go`` on PATH (Debian's golang-go: /usr/bin/go), None when absent.
 GO: Final = shutil.which("go")
 TRAP_PROXY: Final = "http://127.0.0.1:9"
 LOOPBACK_HOSTS: Final = "127.0.0.1,localhost,::1,[::1]"
 _PROXY_VARS: Final = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
-
-
-class GoFailed(subprocess.CalledProcessError):
-    """A ``go`` run exited non-zero; ``str()`` shows its output."""
-
-    def __str__(self) -> str:
-        out = (self.stdout or "")[-4000:]
-        err = (self.stderr or "")[-4000:]
-        return f"{super().__str__()}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
 
 
 def _inherited(name: str) -> bool:
@@ -102,23 +95,11 @@ def run_go(
     check: bool = True,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``go ARGS`` in ``cwd`` with ``env``; output captured; GoFailed if ``check``."""
+    """Run ``go ARGS`` in ``cwd`` with ``env``; output captured; ClientFailed if ``check``."""
     if GO is None:
         raise FileNotFoundError("go is not installed")
     cmd = [GO, *args]
-    proc = subprocess.run(
-        cmd,
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise GoFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
-    return proc
+    return run_client(cmd, env, check, timeout, cwd)
 
 
 def sumdb_key(name: str) -> str:

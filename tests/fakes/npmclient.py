@@ -26,19 +26,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.pipclient import run_client
+
 # Port 9 (discard) on loopback: nothing listens, so a proxied request is refused at once.
 TRAP_PROXY = "http://127.0.0.1:9"
 LOOPBACK_HOSTS = "127.0.0.1,localhost,::1"
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
-
-
-class NpmFailed(subprocess.CalledProcessError):
-    """An npm run exited non-zero; ``str()`` shows the command's output tail."""
-
-    def __str__(self) -> str:
-        out = (self.stdout or "")[-4000:]
-        err = (self.stderr or "")[-4000:]
-        return f"{super().__str__()}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
 
 
 def npm_binary() -> str | None:
@@ -110,25 +103,13 @@ def run_npm(
     check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``npm <args>`` in ``cwd`` with ``env`` (see :func:`npm_env`), output captured
-    as text, stdin closed. Raises ``NpmFailed`` on a non-zero exit when ``check``,
+    as text, stdin closed. Raises ``ClientFailed`` on a non-zero exit when ``check``,
     ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
     npm = npm_binary()
     if npm is None:
         raise FileNotFoundError("npm is not installed")
     cmd = [npm, *args]
-    proc = subprocess.run(
-        cmd,
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise NpmFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
-    return proc
+    return run_client(cmd, env, check, timeout, cwd)
 
 
 def project(

@@ -30,7 +30,8 @@ LOOPBACK_HOSTS = "127.0.0.1,localhost,::1,[::1]"
 
 
 class ClientFailed(subprocess.CalledProcessError):
-    """A pip/uv run exited non-zero; ``str()`` shows the command's output tail."""
+    """A client run (pip, uv, npm, go, cargo) exited non-zero; ``str()`` shows the
+    command's output tail."""
 
     def __str__(self) -> str:
         out = (self.stdout or "")[-4000:]
@@ -94,11 +95,18 @@ def download_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _run(
-    cmd: list[str], env: Mapping[str, str], check: bool, timeout: float
+def run_client(
+    cmd: list[str],
+    env: Mapping[str, str],
+    check: bool,
+    timeout: float,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run a client: output captured as text, stdin closed; ``ClientFailed`` on a
+    non-zero exit when ``check``, ``subprocess.TimeoutExpired`` after ``timeout``."""
     proc = subprocess.run(
         cmd,
+        cwd=cwd,
         env=dict(env),
         capture_output=True,
         text=True,
@@ -136,7 +144,7 @@ def pip(
     ]  # fmt: skip
     full_env = pip_env(tmp)
     full_env.update(env or {})
-    return _run(cmd, full_env, check, timeout)
+    return run_client(cmd, full_env, check, timeout)
 
 
 def uv_binary() -> Path:
@@ -187,4 +195,4 @@ def uv(
     cmd = [str(uv_binary()), *args]
     full_env = uv_env(tmp, index_url)
     full_env.update(env or {})
-    return _run(cmd, full_env, check, timeout)
+    return run_client(cmd, full_env, check, timeout)
