@@ -34,6 +34,8 @@ class UpstreamConfig:
     url: str
     file_hosts: tuple[str, ...] = ()
     assertions_url: str | None = None
+    #: The largest body fetched from this upstream; None: `[fetch] max_body`.
+    max_body: int | None = None
 
     @property
     def base(self) -> str:
@@ -86,6 +88,23 @@ class StoreLimits:
 
 
 @dataclass(frozen=True)
+class FetchLimits:
+    """`[fetch]`: what one upstream fetch may cost, so that a hostile or broken
+    upstream cannot hold the server (docs/reliability.md). Past any limit the fetch
+    ends with a 502 saying which, and nothing is recorded."""
+
+    #: The largest body of any upstream (an upstream's own `max_body` overrides it).
+    max_body: int = 64 * 1024**3
+    #: The largest index document (a pypi page, an npm packument, a Go list, a Cargo
+    #: index file): these are read whole, parsed and rewritten.
+    max_document: int = 32 * 1024**2
+    #: A fetch that moves fewer than `min_rate` bytes a second over `rate_window`
+    #: seconds is ended (a silent one ends after `server.read_timeout`).
+    min_rate: int = 1024
+    rate_window: float = 60.0
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """`[tls]`: HTTPS interception (docs/https.md)."""
 
@@ -116,6 +135,7 @@ class Config:
     source: str | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: StoreLimits = field(default_factory=StoreLimits)
+    fetch: FetchLimits = field(default_factory=FetchLimits)
     #: `[seed] trusted_keys`: public keys whose signature `seed import` requires.
     trusted_keys: tuple[Path, ...] = ()
 
@@ -186,7 +206,8 @@ _SERVER_KEYS = {
     "max_url_length",
     "log_format",
 }
-_UPSTREAM_KEYS = {"kind", "url", "file_hosts", "assertions_url"}
+_UPSTREAM_KEYS = {"kind", "url", "file_hosts", "assertions_url", "max_body"}
+_FETCH_KEYS = {"max_body", "max_document", "min_rate", "rate_window"}
 _TLS_KEYS = {"ca_dir", "intercept", "upstream_ca"}
 _STORE_KEYS = {"max_size", "min_free"}
 _SEED_KEYS = {"trusted_keys"}
@@ -227,7 +248,7 @@ def load_config(path: Path | None = None, *, store: Path | None = None) -> Confi
 
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config:
     """Validate a parsed TOML document; every error names the file and key."""
-    unknown = set(raw) - {"server", "upstreams", "tls", "store", "seed"}
+    unknown = set(raw) - {"server", "upstreams", "tls", "store", "seed", "fetch"}
     if unknown:
         raise ConfigError(f"unknown table {sorted(unknown)[0]!r}", file=source)
     server_raw = _table(raw.get("server", {}), source, "server")
@@ -283,6 +304,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
     }
     tls = _tls(_table(raw.get("tls", {}), source, "tls"), source)
     limits = _limits(_table(raw.get("store", {}), source, "store"), source)
+    fetch = _fetch(_table(raw.get("fetch", {}), source, "fetch"), source)
     seed = _table(raw.get("seed", {}), source, "seed")
     bad = set(seed) - _SEED_KEYS
     if bad:
@@ -300,6 +322,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> Config
         source=source,
         tls=tls,
         limits=limits,
+        fetch=fetch,
         trusted_keys=tuple(Path(k) for k in keys),
     )
 
@@ -356,6 +379,32 @@ def _limits(t: Mapping[str, Any], source: str | None) -> StoreLimits:
     return limits
 
 
+def _fetch(t: Mapping[str, Any], source: str | None) -> FetchLimits:
+    bad = set(t) - _FETCH_KEYS
+    if bad:
+        raise ConfigError("unknown key", file=source, key=f"fetch.{sorted(bad)[0]}")
+    fetch = FetchLimits()
+    for key in ("max_body", "max_document", "min_rate"):
+        if key in t:
+            fetch = replace(fetch, **{key: _positive_size(t[key], source, f"fetch.{key}")})
+    if "rate_window" in t:
+        value = t["rate_window"]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError("must be a positive number", file=source, key="fetch.rate_window")
+        fetch = replace(fetch, rate_window=float(value))
+    return fetch
+
+
+def _positive_size(value: object, source: str | None, key: str) -> int:
+    try:
+        size = parse_size(value)
+        if size <= 0:
+            raise ValueError("must be more than 0")
+    except ValueError as exc:
+        raise ConfigError(f'must be a size such as "64GiB" ({exc})', file=source, key=key) from None
+    return size
+
+
 def _tls(t: Mapping[str, Any], source: str | None) -> TlsConfig:
     bad = set(t) - _TLS_KEYS
     if bad:
@@ -404,8 +453,16 @@ def _upstream(name: str, t: Mapping[str, Any], source: str | None) -> UpstreamCo
     hosts = t.get("file_hosts", [])
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
         raise ConfigError("must be a list of host names", file=source, key=f"{where}.file_hosts")
+    max_body = (
+        _positive_size(t["max_body"], source, f"{where}.max_body") if "max_body" in t else None
+    )
     return UpstreamConfig(
-        name=name, kind=kind, url=url, file_hosts=tuple(hosts), assertions_url=assertions
+        name=name,
+        kind=kind,
+        url=url,
+        file_hosts=tuple(hosts),
+        assertions_url=assertions,
+        max_body=max_body,
     )
 
 

@@ -40,7 +40,7 @@ async def prefetch(
     store = Store(config.store, config.limits)
     try:
         async with make_session(config) as session:
-            source = online_source(store, session, Metrics())
+            source = online_source(config, store, session, Metrics())
             limit = asyncio.Semaphore(concurrency)
             with progress("prefetch", len(urls)) as tick:
 

@@ -90,7 +90,13 @@ async def fetch_snap(
     try:
         async with make_session(config) as session:
             metrics = Metrics()
-            online = OnlineSource(store, session, metrics)
+            online = OnlineSource(
+                store,
+                session,
+                metrics,
+                limits=config.fetch,
+                headers_timeout=config.server.read_timeout,
+            )
             source = SnapStore(online, store, offline=False, session=session, metrics=metrics)
             try:
                 await _fetch(

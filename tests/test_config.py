@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cachesrv.config import (
+    _FETCH_KEYS,
     _SEED_KEYS,
     _SERVER_KEYS,
     _STORE_KEYS,
@@ -31,7 +32,8 @@ def test_every_key_is_documented_in_the_reference_config() -> None:
     assert set(doc["tls"]) == _TLS_KEYS
     assert set(doc["store"]) == _STORE_KEYS
     assert set(doc["seed"]) == _SEED_KEYS
-    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS | _STORE_KEYS | _SEED_KEYS:
+    assert set(doc["fetch"]) == _FETCH_KEYS
+    for key in _SERVER_KEYS | _UPSTREAM_KEYS | _TLS_KEYS | _STORE_KEYS | _SEED_KEYS | _FETCH_KEYS:
         assert "# " in REFERENCE.read_text() and key in REFERENCE.read_text()
     # The reference file itself is valid and its upstreams are the built-in defaults.
     config = parse_config(doc, source=str(REFERENCE))
@@ -79,6 +81,11 @@ def test_store_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('[tls]\nintercept = "h"\n', "tls.intercept"),
         ('[tls]\nintercept = ["https://h/x"]\n', "tls.intercept"),
         ("[tls]\nca_dir = 3\n", "tls.ca_dir"),
+        ('[fetch]\nmax_body = "lots"\n', "fetch.max_body"),
+        ("[fetch]\nmax_document = 0\n", "fetch.max_document"),
+        ("[fetch]\nrate_window = -1\n", "fetch.rate_window"),
+        ("[fetch]\nbogus = 1\n", "fetch.bogus"),
+        ('[upstreams.x]\nurl = "http://h"\nmax_body = "-3"\n', "upstreams.x.max_body"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:

@@ -53,6 +53,8 @@ class Request:
     #: (`http://cache:3142/@seed/npm/`); None for proxy-form and tunnelled requests.
     #: Index documents whose links must be absolute (npm tarballs) are rewritten to it.
     served: str | None = None
+    #: An index document (read whole and parsed): `[fetch] max_document` applies.
+    document: bool = False
 
 
 @dataclass(frozen=True)

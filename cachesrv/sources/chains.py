@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from ..config import Config
 from ..metrics import Metrics
 from ..store import Store
 from .base import Source
@@ -20,8 +21,12 @@ from .online import OnlineSource
 from .snapstore import SnapStore
 
 
-def online_source(store: Store, session: aiohttp.ClientSession, metrics: Metrics) -> Source:
-    base = OnlineSource(store, session, metrics)
+def online_source(
+    config: Config, store: Store, session: aiohttp.ClientSession, metrics: Metrics
+) -> Source:
+    base = OnlineSource(
+        store, session, metrics, limits=config.fetch, headers_timeout=config.server.read_timeout
+    )
     snaps = SnapStore(
         IndexDocuments(base, store, offline=False),
         store,

@@ -70,6 +70,7 @@ class IndexDocuments:
             accept=request.accept,
             headers=request.headers,
             needs_complete=True,
+            document=True,
         )
         answer: Answer | None = None
         miss: NotCached | None = None
@@ -184,7 +185,7 @@ class IndexDocuments:
                     continue
                 sub = key[len(base) :] if key.startswith(base) else route.path
                 answer = await self.inner.open(
-                    Request(route=route.rekeyed(key, sub), needs_complete=True)
+                    Request(route=route.rekeyed(key, sub), needs_complete=True, document=True)
                 )
                 assert isinstance(answer, Stored)
                 path = answer.path

@@ -9,6 +9,13 @@ slows the fetch. A client is never sent the last byte of a body until the body i
 complete, verified and recorded: a truncated or lying upstream therefore makes
 every client's download fail instead of handing out a corrupt file, and a client that
 has a file can count on the store (and the seed it asked through) having it too.
+
+What one fetch may cost is bounded (`[fetch]`, docs/reliability.md): the response
+headers must be complete within `server.read_timeout`; a body larger than its limit
+(`max_body`, or `max_document` for an index document) is refused as soon as it is
+declared or passed, and a body that moves slower than `min_rate` over `rate_window`
+is ended, so one hostile upstream cannot hold a flight and its clients forever. Each
+ends in a 502 (504 for time) that says which limit, with nothing recorded.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ..config import Config
+from ..config import Config, FetchLimits
 from ..errors import (
     CachesrvError,
     ConfigError,
@@ -60,6 +67,8 @@ class Flight:
         route: Route,
         previous: Entry | None,
         body: bytes | None = None,
+        *,
+        document: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.source = source
@@ -67,6 +76,15 @@ class Flight:
         self.previous = previous
         #: A request body to POST upstream (git upload-pack); None for a GET.
         self.upload = body
+        #: The largest body this fetch accepts, and the setting that says so (module doc).
+        limits = source.limits
+        if document:
+            self.max_body, self.limit_name = limits.max_document, "[fetch] max_document"
+        elif route.upstream.max_body is not None:
+            self.max_body = route.upstream.max_body
+            self.limit_name = f"[upstreams.{route.upstream.name}] max_body"
+        else:
+            self.max_body, self.limit_name = limits.max_body, "[fetch] max_body"
         self.headers_ready: asyncio.Future[None] = loop.create_future()
         self.result: asyncio.Future[Entry] = loop.create_future()
         for fut in (self.headers_ready, self.result):
@@ -95,7 +113,14 @@ class Flight:
         try:
             expected = await src.expected_hash(self.route)
             started = time.monotonic()
-            async with await src.request(self.route, self.previous, self.upload) as resp:
+            try:
+                async with asyncio.timeout(src.headers_timeout):
+                    resp = await src.request(self.route, self.previous, self.upload)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    name, url, f"no complete response within {src.headers_timeout:g} s"
+                ) from None
+            async with resp:
                 src.metrics.upstream_latency.labels(name).observe(time.monotonic() - started)
                 if resp.status == 304 and self.previous is not None:
                     self.not_modified = True
@@ -108,6 +133,8 @@ class Flight:
                     raise UpstreamError(name, url, f"answered {resp.status} {resp.reason or ''}")
                 if resp.status != 200:
                     raise UpstreamStatus(name, url, resp.status, resp.reason or "")
+                if resp.content_length is not None and resp.content_length > self.max_body:
+                    raise self._too_large(f"{resp.content_length} bytes declared")
                 # Room is made (or 507 answered) before a byte is streamed, when the size
                 # is declared; an undeclared size is reserved once the body is complete.
                 lifecycle = src.store.lifecycle
@@ -124,7 +151,13 @@ class Flight:
                 self.last_modified = resp.headers.get("Last-Modified")
                 self.headers_ready.set_result(None)
                 loop = asyncio.get_running_loop()
+                pace = _Pace(src.limits)
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    if self.written + len(chunk) > self.max_body:
+                        raise self._too_large(f"over {self.max_body} bytes sent")
+                    too_slow = pace.check(self.written + len(chunk))
+                    if too_slow:
+                        raise UpstreamTimeout(name, url, too_slow)
                     # Hashing and writing happen off the loop; both release the GIL.
                     await loop.run_in_executor(None, writer.write, chunk)
                     self.written += len(chunk)
@@ -199,6 +232,14 @@ class Flight:
                 self.read_fd = None
             self._notify()
 
+    def _too_large(self, what: str) -> UpstreamError:
+        return UpstreamError(
+            self.route.upstream.name,
+            self.route.url,
+            f"body too large ({what}; the limit is {self.max_body} bytes, {self.limit_name}); "
+            "nothing was recorded",
+        )
+
     async def _add_seeds(self, url: str) -> None:
         index = self.source.store.index
         for seed in sorted(self.seeds):
@@ -259,10 +300,16 @@ class OnlineSource:
         store: Store,
         session: aiohttp.ClientSession,
         metrics: Metrics,
+        *,
+        limits: FetchLimits | None = None,
+        headers_timeout: float = 60.0,
     ) -> None:
         self.store = store
         self.session = session
         self.metrics = metrics
+        self.limits = limits or FetchLimits()
+        #: How long an upstream may take to send complete response headers.
+        self.headers_timeout = headers_timeout
         self.flights: dict[str, Flight] = {}
 
     async def expected_hash(self, route: Route) -> Declared | None:
@@ -306,7 +353,8 @@ class OnlineSource:
             flight = self.flights.get(route.url)
             if flight is None:
                 body = request.body if request.method == "POST" else None
-                flight = Flight(self, route, entry if usable else None, body)
+                previous = entry if usable else None
+                flight = Flight(self, route, previous, body, document=request.document)
                 self.flights[route.url] = flight
         flight.join(route.seed)
         try:
@@ -375,6 +423,32 @@ class OnlineSource:
                 flight.task.cancel()
             with contextlib.suppress(BaseException):
                 await flight.task
+
+
+class _Pace:
+    """The minimum transfer rate of one fetch: every `rate_window` seconds at least
+    `min_rate` bytes a second must have arrived."""
+
+    def __init__(self, limits: FetchLimits) -> None:
+        self.min_rate = limits.min_rate
+        self.window = limits.rate_window
+        self.since = time.monotonic()
+        self.at = 0
+
+    def check(self, total: int) -> str | None:
+        """None while fast enough; else what to say (the fetch is then ended)."""
+        now = time.monotonic()
+        elapsed = now - self.since
+        if elapsed < self.window:
+            return None
+        moved = total - self.at
+        if moved < self.min_rate * elapsed:
+            return (
+                f"too slow: {moved} bytes in {elapsed:.0f} s, under the minimum of "
+                f"{self.min_rate} bytes/s ([fetch] min_rate, rate_window)"
+            )
+        self.since, self.at = now, total
+        return None
 
 
 def _upstream_error(exc: BaseException, name: str, url: str) -> CachesrvError:

@@ -65,7 +65,7 @@ class ServerState:
         """Switch mode at run time (admin API). Going online opens the HTTP session."""
         if mode is Mode.ONLINE and self.online is None:
             self.session = make_session(self.config)
-            self.online = online_source(self.store, self.session, self.metrics)
+            self.online = online_source(self.config, self.store, self.session, self.metrics)
         self.mode = mode
 
     async def close(self) -> None:
