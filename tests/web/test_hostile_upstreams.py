@@ -61,7 +61,7 @@ async def test_a_100mb_index_page_is_refused_quickly_and_nothing_is_recorded(
     `[fetch] max_document` (32 MiB by default) the fetch ends with a 502 that names the
     setting; the page is never parsed, so time and memory stay small."""
     link = b'<a href="../../files/x-1.0-py3-none-any.whl#sha256=' + b"0" * 64 + b'">x</a>\n'
-    count = 100 * 1024 * 1024 // len(link)
+    count = 100 * 1024 * 1024 // len(link) // 1024 * 1024  # whole blocks of 1,024 links
     declared = {"yes": True, "no": False}
 
     async def page(request: web.Request) -> web.StreamResponse:
