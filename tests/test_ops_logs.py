@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cachesrv.web.accesslog import redact
 from tests.conftest import CachesrvProcess, run_cli
 from tests.fakes.upstream import FakeUpstream
 from tests.web.test_proxy import put
@@ -117,3 +118,13 @@ def test_bad_log_format_is_one_clear_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "--log-format must be text or json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_credentials_in_urls_are_redacted_from_the_log() -> None:
+    assert redact("/_cachesrv/api/v1/stats?token=s3cret&x=1") == (
+        "/_cachesrv/api/v1/stats?token=[redacted]&x=1"
+    )
+    assert redact("http://cdn.example/f.tgz?Signature=abc#frag") == (
+        "http://cdn.example/f.tgz?Signature=[redacted]#frag"
+    )
+    assert redact("/debian/pool/tokens.deb?tokenish=1") == "/debian/pool/tokens.deb?tokenish=1"

@@ -16,6 +16,7 @@ import atexit
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -61,10 +62,21 @@ def access_record(
 
 
 def _target(request: web.BaseRequest) -> str:
-    target = request.raw_path
+    target = redact(request.raw_path)
     transport = request.transport
     tunnelled = transport is not None and transport.get_extra_info("ssl_object") is not None
     return f"https://{request.host}{target}" if tunnelled and target.startswith("/") else target
+
+
+_CREDENTIAL = re.compile(
+    r"([?&](?:token|access_token|admin_token|auth|authorization|signature|sig)=)[^&#]*", re.I
+)
+
+
+def redact(target: str) -> str:
+    """A request target with the values of credential-like query parameters replaced:
+    a token sent in a URL (which the API refuses) never reaches the log."""
+    return _CREDENTIAL.sub(r"\1[redacted]", target)
 
 
 def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:

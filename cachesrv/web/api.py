@@ -31,9 +31,9 @@ def add_routes(app: web.Application) -> None:
     else under `/_cachesrv/` is a 404 (or 405), never a proxy request."""
     for method, path, handler in _routes():
         if method == "GET":
-            app.router.add_get(path, handler)  # and HEAD
+            app.router.add_get(path, _no_token_in_url(handler))  # and HEAD
         else:
-            app.router.add_route(method, path, handler)
+            app.router.add_route(method, path, _no_token_in_url(handler))
     app.router.add_route("*", "/metrics", _fallback)
     app.router.add_route("*", "/_cachesrv/{tail:.*}", _fallback)
 
@@ -151,6 +151,25 @@ def _number(request: web.Request, name: str, default: float) -> float:
     if value < 0 or value != value:
         raise BadRequest(f"?{name}= must not be negative")
     return value
+
+
+#: Query parameters that look like credentials: refused on every page of cachesrv's.
+_TOKEN_PARAMS = frozenset({"token", "access_token", "admin_token", "auth", "authorization"})
+
+
+def _no_token_in_url(handler: Handler) -> Handler:
+    """Refuse a credential in the query string, on every endpoint: a URL ends up in
+    access logs, shell histories and proxies' logs. Tokens go in `Authorization`."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if any(name.lower() in _TOKEN_PARAMS for name in request.query):
+            raise BadRequest(
+                "a token is never accepted in the URL (it would end up in logs and "
+                "histories); send it as Authorization: Bearer <server.admin_token>"
+            )
+        return await handler(request)
+
+    return checked
 
 
 def _require_admin(request: web.Request) -> None:

@@ -62,6 +62,17 @@ async def test_admin_actions_need_the_bearer_token(
     # Nothing changed: still online, the entry is there and served.
     stats = await (await client.get(f"{API}/stats")).json()
     assert stats["mode"] == "online" and stats["entries"] == 1 and stats["quarantined"] == 0
+    # The right token in the URL: refused whatever it is, and it is not logged as valid.
+    for name in ("token", "access_token", "Admin_Token"):
+        r = await client.request(method, f"{path}?{name}={TOKEN}", **kwargs)
+        assert r.status == 400 and "never accepted in the URL" in await r.text()
+        r = await client.request(
+            method,
+            f"{path}?{name}={TOKEN}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            **kwargs,
+        )
+        assert r.status == 400
     # The right token: 200, and the action took effect.
     r = await client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"}, **kwargs)
     assert r.status == 200, await r.text()
