@@ -142,10 +142,13 @@ class ThreadedServer(Generic[R]):
         target: web.Application | LowLevelHandler,
         *,
         ssl: ssl_module.SSLContext | None = None,
+        port: int = 0,
     ) -> int:
-        """Serve ``target`` on a new listener at 127.0.0.1:0; return the bound port.
+        """Serve ``target`` on a new listener at 127.0.0.1:``port``; return the bound port.
 
-        With ``ssl`` (a server-side context) the listener speaks HTTPS.
+        With ``ssl`` (a server-side context) the listener speaks HTTPS. A fixed ``port``
+        lets a server be stopped and started again where its clients expect it (the soak
+        bench restarts its upstream); 0 takes a free one.
         """
         if isinstance(target, web.Application):
             runner = web.AppRunner(target, access_log=None, handle_signals=False)
@@ -160,7 +163,9 @@ class ThreadedServer(Generic[R]):
         server = _TrackingServer(
             handler, self._transports.add, request_factory=factory, access_log=None
         )
-        listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0, ssl=ssl)
+        listener = await asyncio.get_running_loop().create_server(
+            server, "127.0.0.1", port, ssl=ssl
+        )
         self._listeners.append(listener)
         # create_server() returns after listen() and with the accept reader registered:
         # from here on connections queue in the backlog and are served, no polling needed.
