@@ -80,7 +80,10 @@ def parse_size(text: str) -> int:
         raise ValueError(f"cannot read size {text!r}; did you mean {number}{prefix.upper()}iB?")
     power = "kmgt".index(prefix) + 1 if prefix else 0
     base = 1000 if (prefix and suffix == "b") else 1024
-    return int(float(number) * base**power)
+    try:
+        return int(float(number) * base**power)
+    except OverflowError:  # more digits than a float holds
+        raise ValueError(f"size {text[:40]!r} is too large") from None
 
 
 def piece_count(size: int, split: int | None) -> int:
@@ -146,7 +149,7 @@ def parse_entry(raw: bytes) -> tuple[Entry, bool]:
     """Read and validate one manifest line; ValueError names the first bad field."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
@@ -268,7 +271,7 @@ def parse_metadata(raw: bytes) -> Metadata:
     the bundle can be interpreted; ValueError for a bad field."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise UnsupportedBundle(f"{METADATA} is not JSON ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UnsupportedBundle(f"{METADATA}: format is not {FORMAT!r}: not a cachesrv seed bundle")

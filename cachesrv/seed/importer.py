@@ -315,18 +315,25 @@ class _Readahead:
             return
         limit = self._starts[i] + READAHEAD
         while self._next < len(self._objects) and self._starts[self._next] < limit:
+            o = self._objects[self._next]
+            self._next += 1
+            if o.digest in self._b.broken:
+                # Not read at all; and its size may be a lie (10^18 bytes in pieces of
+                # one byte: 2^25 names to try before READAHEAD bytes are reached).
+                continue
             left = READAHEAD  # of one big object, the kernel's own readahead reads on
-            for rel, size in self._objects[self._next].files():
+            for rel, size in o.files():
                 if left <= 0:
                     break
                 with contextlib.suppress(OSError):
-                    fd = os.open(self._b.root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+                    # O_NONBLOCK: a FIFO in a hostile bundle must not block the import.
+                    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                    fd = os.open(self._b.root / rel, flags)
                     try:
                         os.posix_fadvise(fd, 0, min(size, left), os.POSIX_FADV_WILLNEED)
                     finally:
                         os.close(fd)
                 left -= size
-            self._next += 1
 
 
 @dataclass

@@ -76,7 +76,7 @@ def read_inventory(path: Path) -> Inventory:
         obj = json.loads(path.read_bytes())
     except OSError as exc:
         raise SeedError(f"cannot read inventory {path}: {exc.strerror}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise SeedError(f"inventory {path} is not JSON ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise SeedError(f"{path} is not a cachesrv inventory (make one with `seed inventory`)")

@@ -117,7 +117,7 @@ def open_bundle(root: Path) -> Bundle:
         )
     else:
         try:
-            b.meta = parse_metadata(_read_small(root / METADATA))
+            b.meta = parse_metadata(read_small(root / METADATA))
         except UnsupportedBundle as exc:
             # Nothing else can be interpreted with certainty: check no further.
             b.problems.append(str(exc))
@@ -152,9 +152,12 @@ def _check_sbom(b: Bundle, meta: Metadata) -> None:
         return  # an older bundle: its SBOM, if any, is informational
     path = b.root / BUNDLE_SBOM
     try:
-        digest = blake3.blake3(path.read_bytes()).hexdigest()
+        digest = _blake3_of(path)
     except OSError as exc:
         b.problems.append(f"{BUNDLE_SBOM}: cannot read: {exc.strerror}")
+        return
+    except ValueError as exc:
+        b.problems.append(f"{BUNDLE_SBOM}: {exc}")
         return
     if digest != meta.sbom_blake3:
         b.problems.append(
@@ -183,13 +186,33 @@ def _scan_top(b: Bundle) -> set[str]:
     return found
 
 
-def _read_small(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
+def _open_plain(path: Path) -> int:
+    """A descriptor of a plain file of the bundle: never through a symlink (OSError),
+    never a FIFO or device (ValueError; O_NONBLOCK: opening a FIFO must not block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ValueError(f"{path.name}: {_kind(mode)}; a bundle holds only plain files")
+    return fd
+
+
+def read_small(path: Path) -> bytes:
+    """A small file of the bundle (metadata, signature): plain, at most `MAX_LINE`
+    bytes; ValueError or OSError otherwise."""
+    with os.fdopen(_open_plain(path), "rb") as f:
         data = f.read(MAX_LINE + 1)
     if len(data) > MAX_LINE:
         raise ValueError(f"{path.name} is larger than {MAX_LINE} bytes")
     return data
+
+
+def _blake3_of(path: Path) -> str:
+    h = blake3.blake3()
+    with os.fdopen(_open_plain(path), "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_manifest(b: Bundle) -> None:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import ConfigError, SeedError
+from .reader import read_small
 
 SIGNATURE = "cachesrv-seed.sig"
 PRIVATE = "seed-signing.key"
@@ -121,17 +122,18 @@ def read_signer(bundle: Path, trusted: Sequence[Path]) -> Signer:
     """Who signed the bundle's metadata, checked against the trusted keys."""
     sig_path = bundle / SIGNATURE
     try:
-        doc = json.loads(sig_path.read_text(encoding="utf-8"))
+        # Not through a link, not a FIFO, not unbounded: the bundle is not trusted yet.
+        doc = json.loads(read_small(sig_path).decode("utf-8"))
     except FileNotFoundError:
         return Signer(None)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         return Signer("unknown", problem=f"{SIGNATURE} is unreadable ({exc})")
     if not isinstance(doc, dict) or doc.get("algorithm") != ALGORITHM:
         return Signer("unknown", problem=f"{SIGNATURE}: not an {ALGORITHM} signature")
     kid = str(doc.get("key_id", "unknown"))[:64]
     try:
         signature = base64.b64decode(str(doc.get("signature", "")), validate=True)
-        metadata = (bundle / "cachesrv-seed.json").read_bytes()
+        metadata = read_small(bundle / "cachesrv-seed.json")
     except (ValueError, OSError) as exc:
         return Signer(kid, problem=f"signature unreadable ({exc})")
     if not trusted:

@@ -42,6 +42,14 @@ class _NothingStored(Exception):
     """A synthetic document with nothing stored to make it from: a miss."""
 
 
+class _BlobGone(Exception):
+    """The recorded body's blob went away between the lookup and the read."""
+
+
+#: How many times a document is asked again when its blob went away before it was read.
+_BLOB_RETRIES = 2
+
+
 class IndexDocuments:
     """A `Source` decorator for every kind's index documents (see module doc)."""
 
@@ -84,13 +92,26 @@ class IndexDocuments:
                     raise
                 miss = exc
         try:
-            return await self._answer(rules, request, doc, answer)
+            return await self._answer_fresh(rules, request, doc, answer, doc_request)
         except _NothingStored:
             # Nothing stored to make it from: the inner source's miss (logged, explained).
             if miss is not None:
                 raise miss from None
             answer = await self.inner.open(doc_request)
-            return await self._answer(rules, request, doc, answer)
+            return await self._answer_fresh(rules, request, doc, answer, doc_request)
+
+    async def _answer_fresh(
+        self, rules: Documents, request: Request, doc: Doc, answer: Answer | None, again: Request
+    ) -> Generated:
+        """`_answer`; when the recorded body's blob went away (evicted, or removed by gc)
+        between the lookup and the read, the inner source is asked `again`: its entry
+        is gone now, so the document is fetched anew (online) or missed."""
+        for _ in range(_BLOB_RETRIES):
+            try:
+                return await self._answer(rules, request, doc, answer)
+            except _BlobGone:
+                answer = await self.inner.open(again)
+        return await self._answer(rules, request, doc, answer)
 
     async def _answer(
         self, rules: Documents, request: Request, doc: Doc, answer: Answer | None
@@ -105,8 +126,11 @@ class IndexDocuments:
         content_type = doc.content_type
         if answer is not None:
             assert isinstance(answer, Stored)
-            async with aiofiles.open(answer.path, "rb") as f:
-                body = await f.read()
+            try:
+                async with aiofiles.open(answer.path, "rb") as f:
+                    body = await f.read()
+            except FileNotFoundError:
+                raise _BlobGone(str(answer.path)) from None
             outcome = answer.outcome
             content_type = content_type or answer.entry.content_type
         companions = await self._companions(rules, route, doc)

@@ -45,6 +45,7 @@ from ..errors import (
 from ..models import ArtifactKind, CacheKey, Entry
 from ..store import Store
 from ..upstreams import snap, snapasserts
+from ..upstreams.kind import load_json
 from ..upstreams.router import Route
 from .base import Answer, Generated, Outcome, Request, Source, Stored
 
@@ -179,9 +180,9 @@ class SnapStore:
             content_type = answer_headers.get("Content-Type", snap.JSON)
             return Generated(body, content_type, Outcome.PASSTHROUGH, status, passed)
         try:
-            doc = json.loads(body)
+            doc = load_json(body)
             upstream_results = [r for r in doc.get("results") or [] if isinstance(r, dict)]
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):  # not an object with a results list
             raise UpstreamError(upstream.name, route.url, "refresh answer is not JSON") from None
         by_key = {str(r["instance-key"]): r for r in upstream_results if "instance-key" in r}
         results: list[dict[str, Any]] = []
@@ -272,7 +273,7 @@ class SnapStore:
         body = await _read(answer)
         base = snap.local_base(snap.header(request.headers, "Host"), route.seed, route.upstream)
         try:
-            doc = json.loads(body)
+            doc = load_json(body)
         except ValueError:
             return answer  # not JSON: served as recorded
         if not self.offline and answer.outcome in (Outcome.RECORDED, Outcome.REVALIDATED):

@@ -31,7 +31,7 @@ from typing import Any
 from ..config import UpstreamConfig
 from ..errors import Forbidden
 from ..models import ArtifactKind
-from .kind import Declared, Doc, FileRef, View, no_declared_hash, plain_request
+from .kind import Declared, Doc, FileRef, View, load_json, no_declared_hash, plain_request
 from .urls import canonical_escapes, file_url
 
 encoded_slash = False
@@ -148,7 +148,7 @@ def through_cache(template: str, served: str) -> str:
 
 def parse_config(body: bytes) -> dict[str, Any]:
     """A registry's `config.json`; ValueError if it is not an object with a usable `dl`."""
-    doc = json.loads(body)
+    doc = load_json(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("dl"), str):
         raise ValueError("config.json must be an object with a string 'dl'")
     _split(doc["dl"])
@@ -173,7 +173,7 @@ def parse_index(body: bytes) -> list[IndexLine]:
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
+            entry = load_json(line)
         except ValueError:
             raise ValueError(f"index line {number} is not JSON") from None
         if not isinstance(entry, dict):

@@ -36,7 +36,16 @@ from collections.abc import Iterable, Mapping
 
 from ..config import UpstreamConfig
 from ..models import ArtifactKind
-from .kind import Doc, FileRef, NothingStored, View, base_key_url, no_declared_hash, plain_request
+from .kind import (
+    Doc,
+    FileRef,
+    NothingStored,
+    View,
+    base_key_url,
+    load_json,
+    no_declared_hash,
+    plain_request,
+)
 
 encoded_slash = False
 key_url = base_key_url
@@ -202,7 +211,7 @@ def render_list(
 def parse_latest(body: bytes) -> dict[str, object]:
     """A `@latest` (or `.info`) JSON object; ValueError if it is not one with a
     `Version` string."""
-    doc = json.loads(body)
+    doc = load_json(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("Version"), str):
         raise ValueError("not a Go module version info (a JSON object with a Version)")
     return doc

@@ -18,9 +18,10 @@ stored, so a client resolves to what exists.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import UpstreamConfig
 from ..models import ArtifactKind
@@ -150,6 +151,15 @@ class Kind(Protocol):
     def upstream_request(self, url: str) -> tuple[str, dict[str, str]]:
         """The URL to GET for a key, and the headers to send with it."""
         ...
+
+
+def load_json(data: bytes | str) -> Any:
+    """`json.loads` whose every failure is a ValueError, as `Documents` promises: a
+    document nested deeper than Python's recursion limit raises RecursionError there."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def base_key_url(upstream: UpstreamConfig, path: str) -> str:

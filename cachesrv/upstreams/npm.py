@@ -40,7 +40,7 @@ from urllib.parse import urljoin, urlsplit
 from ..config import UpstreamConfig
 from ..models import ArtifactKind
 from . import generic
-from .kind import Declared, Doc, FileRef, View, no_declared_hash
+from .kind import Declared, Doc, FileRef, View, load_json, no_declared_hash
 from .urls import canonical_escapes, file_url
 
 encoded_slash = True
@@ -143,9 +143,11 @@ def tarball_key(upstream: UpstreamConfig, url: str) -> str | None:
         return None
     netloc = parts.netloc.lower().removesuffix(_DEFAULT_PORTS[scheme])
     path = canonical_escapes(parts.path or "/")
-    query = "?" + canonical_escapes(parts.query) if parts.query else ""
-    # The registry matches whatever the scheme, as the router does.
-    prefix = upstream.base.split("://", 1)[-1].lower()
+    query = canonical_escapes("?" + parts.query) if parts.query else ""
+    # The registry matches whatever the scheme, as the router does (host names ignore
+    # case, paths do not).
+    host, slash, base_path = upstream.base.split("://", 1)[-1].partition("/")
+    prefix = host.lower() + slash + base_path
     where = netloc + path
     if where.startswith(prefix + "/"):
         return f"{upstream.base}/{canonical_path(where[len(prefix) + 1 :])}{query}"
@@ -237,7 +239,7 @@ def newest(versions: list[str], not_above: str | None = None) -> str:
 
 def load_packument(body: bytes) -> dict[str, Any]:
     """A packument, checked for the shapes used here; ValueError if it is not one."""
-    doc = json.loads(body)
+    doc = load_json(body)
     if not isinstance(doc, dict):
         raise ValueError("not an npm packument (not a JSON object)")
     versions = doc.get("versions")

@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from ..config import UpstreamConfig
-from ..errors import Forbidden
+from ..errors import BadRequest, Forbidden
 from . import generic
-from .kind import Declared, Doc, FileRef, View, no_declared_hash
+from .kind import Declared, Doc, FileRef, View, load_json, no_declared_hash
 from .urls import canonical_escapes, file_url
 
 encoded_slash = False
@@ -40,6 +40,8 @@ JSON_QUERY = "?format=" + JSON_V1
 
 _A_TAG = re.compile(r"<a\s([^>]*)>(.*?)</a>[ \t]*(?:<br\s*/?>)?[ \t]*\r?\n?", re.I | re.S)
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
+# A project name (PEP 508), in any case: what pip and uv ask, normalized or not.
+_PROJECT = re.compile(r"[A-Za-z0-9._-]+")
 _METADATA_ATTR = re.compile(
     r"""\s+data-(?:dist-info|core)-metadata(?:\s*=\s*(["']).*?\1)?""", re.I | re.S
 )
@@ -57,8 +59,11 @@ def key_url(upstream: UpstreamConfig, path: str) -> str:
         project, sep, tail = rest.partition("/")
         if tail:
             raise Forbidden(f"no such index page: /{upstream.name}/simple/{rest}")
+        if project and not _PROJECT.fullmatch(project):
+            # Decoding `%3F`, `%23` or `%25` into the key would make it another URL.
+            raise BadRequest(f"not a project name: {project[:100]!r}")
         if project:
-            return f"{upstream.base}/{normalize(unquote(project))}/"
+            return f"{upstream.base}/{normalize(project)}/"
         return upstream.base + "/"
     if path.startswith("files/"):
         return file_url(upstream, path[len("files/") :])
@@ -264,16 +269,21 @@ def _render_json(
         files.append(f)
     if "files" in doc:
         doc["files"] = files
-        if "versions" in doc and keep is not None:
+        versions = doc.get("versions")
+        if isinstance(versions, list) and keep is not None:  # PEP 700: a list of strings
             doc["versions"] = sorted(
-                {v for v in doc["versions"] if any(_has_version(f, v) for f in files)}
+                {
+                    v
+                    for v in versions
+                    if isinstance(v, str) and any(_has_version(f, v) for f in files)
+                }
             )
     return json.dumps(doc).encode()
 
 
 def _json_page(body: bytes) -> dict[str, Any]:
     """A PEP 691 page, checked for the shapes used here; ValueError if it is not one."""
-    doc = json.loads(body)
+    doc = load_json(body)
     files = doc.get("files", []) if isinstance(doc, dict) else None
     if not isinstance(files, list) or not all(
         isinstance(f, dict) and isinstance(f.get("url", ""), str) for f in files

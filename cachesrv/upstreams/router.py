@@ -31,7 +31,7 @@ from ..config import TlsConfig, UpstreamConfig
 from ..errors import BadRequest, Forbidden
 from ..models import CacheKey
 from . import kind_of
-from .urls import canonical_escapes, decode
+from .urls import canonical_escapes, decode, is_netloc
 
 #: The upstream name of hosts that are reached through `tls.intercept` (or, for a
 #: private wrap server, any host). Config names cannot start with "_".
@@ -146,7 +146,7 @@ class Router:
         host_path_q = host_path
         host_path, _, _ = host_path.partition("?")
         host = host_path.split("/", 1)[0].lower()
-        if not host or not re.fullmatch(r"[a-z0-9.\-\[\]:]+", host):
+        if not is_netloc(host):
             raise BadRequest(f"invalid host in URL: {host!r}")
         default_port = ":443" if scheme == "https" else ":80"
         if host.endswith(default_port):  # `https://host:443/` is `https://host/`
@@ -219,7 +219,9 @@ def _connect_netloc(url: str) -> str:
 
 
 def _strip_scheme(url: str) -> str:
-    return url.split("://", 1)[1].lower() if "://" in url else url.lower()
+    """`https://Host/Path` -> `host/Path`: host names ignore case, paths do not."""
+    host, slash, path = (url.split("://", 1)[1] if "://" in url else url).partition("/")
+    return host.lower() + slash + path
 
 
 def _safe(text: str) -> str:

@@ -51,7 +51,7 @@ import aiohttp
 from ..config import UpstreamConfig
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from . import generic
-from .kind import Documents, no_declared_hash
+from .kind import Documents, load_json, no_declared_hash
 from .snapasserts import ASSERTION, ASSERTIONS_PREFIX
 from .urls import file_url
 
@@ -227,13 +227,16 @@ def normalize_channel(channel: str) -> str:
 def parse_refresh(body: bytes | None) -> RefreshRequest:
     """Parse a `POST v2/snaps/refresh` body (store_action.go `snapActionRequest`)."""
     try:
-        doc = json.loads(body or b"")
+        doc = load_json(body or b"")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("refresh request body is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("actions", []), list):
         raise BadRequest("refresh request must be a JSON object with an 'actions' list")
+    contexts = doc.get("context") or []
+    if not isinstance(contexts, list):
+        raise BadRequest("refresh request 'context' must be a list")
     context: dict[str, str] = {}
-    for cur in doc.get("context") or []:
+    for cur in contexts:
         if isinstance(cur, dict) and isinstance(cur.get("instance-key"), str):
             context[cur["instance-key"]] = str(cur.get("snap-id") or "")
     actions = []
@@ -376,13 +379,18 @@ def local_file_url(upstream: UpstreamConfig, base: str, url: str) -> str | None:
 def _downloads(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Every `download` object of a refresh result or an info answer (details_v2.go)."""
     found: list[dict[str, Any]] = []
-    snaps = [doc.get("snap")] + [c for c in doc.get("channel-map") or [] if isinstance(c, dict)]
+    snaps = [doc.get("snap"), *_objects(doc.get("channel-map"))]
     for s in snaps:
         if isinstance(s, dict) and isinstance(s.get("download"), dict):
             dl = s["download"]
             found.append(dl)
-            found += [d for d in dl.get("deltas") or [] if isinstance(d, dict)]
+            found += _objects(dl.get("deltas"))
     return found
+
+
+def _objects(value: object) -> list[dict[str, Any]]:
+    """The objects of a list in an answer; none if it is not a list."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def declared_hashes(doc: dict[str, Any], upstream: UpstreamConfig) -> list[tuple[str, str, str]]:
@@ -410,7 +418,9 @@ def render_result(
     record: bytes, instance_key: str, upstream: UpstreamConfig, base: str
 ) -> dict[str, Any]:
     """A recorded action result, answered to this request's action."""
-    result: dict[str, Any] = json.loads(record)
+    result = load_json(record)
+    if not isinstance(result, dict):
+        raise ValueError("a recorded refresh result is not a JSON object")
     result["instance-key"] = instance_key
     rewrite_downloads(result, upstream, base)
     return result
@@ -434,7 +444,7 @@ def render_answer(results: list[dict[str, Any]], error_list: list[Any]) -> bytes
 
 
 def render_info(body: bytes, upstream: UpstreamConfig, base: str) -> bytes:
-    doc = json.loads(body)
+    doc = load_json(body)
     if isinstance(doc, dict):
         rewrite_downloads(doc, upstream, base)
     return json.dumps(doc).encode()

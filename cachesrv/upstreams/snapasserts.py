@@ -31,7 +31,7 @@ def assertion_path(kind: str, *primary_key: str) -> str:
 
 def max_format(url: str) -> int:
     value = dict(parse_qsl(urlsplit(url).query)).get("max-format", "0")
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isdecimal() else 0  # not isdigit: int("²") fails
 
 
 def assertion_headers(text: bytes) -> dict[str, str]:
@@ -49,7 +49,7 @@ def assertion_headers(text: bytes) -> dict[str, str]:
 
 def assertion_format(text: bytes) -> int:
     value = assertion_headers(text).get("format", "0")
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isdecimal() else 0  # not isdigit: int("²") fails
 
 
 def encode_digest(hexdigest: str) -> str:

@@ -13,21 +13,50 @@ _PCT = re.compile(r"%([0-9a-fA-F]{2})")
 # Characters a path may carry unescaped (RFC 3986 pchar less '%'): an escape of one of
 # these means the same URL, so `%3A` from pip and `:` from the index page share a key.
 _PCHAR = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@")
+# In a query they may also be its delimiters: `a=1%262` is one field, `a=1&2` two.
+_QUERY_CHAR = _PCHAR - set("&=+;")
 
 
 def canonical_escapes(path: str) -> str:
-    """Decode needless percent-escapes and upper-case the rest (RFC 3986 6.2.2)."""
+    """Decode needless percent-escapes and upper-case the rest (RFC 3986 6.2.2). In a
+    query (after the first `?`), escapes of its delimiters `& = + ;` stay escapes."""
 
-    def one(m: re.Match[str]) -> str:
+    def one(m: re.Match[str], keep: set[str]) -> str:
         ch = chr(int(m.group(1), 16))
-        return ch if ch in _PCHAR else "%" + m.group(1).upper()
+        return ch if ch in keep else "%" + m.group(1).upper()
 
-    return _PCT.sub(one, path)
+    plain, sep, query = path.partition("?")
+    return (
+        _PCT.sub(lambda m: one(m, _PCHAR), plain)
+        + sep
+        + _PCT.sub(lambda m: one(m, _QUERY_CHAR), query)
+    )
 
 
 def decode(text: str) -> str:
     """Every percent-escape decoded (for checks, never for keys)."""
     return _PCT.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+_NETLOC = re.compile(
+    r"(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[1-9][0-9]{0,4}))?",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def is_netloc(netloc: str) -> bool:
+    """Whether `netloc` is exactly `host` or `host:port` (a name or IPv4 address, or an
+    IPv6 one in brackets; a port 1-65535). Anything else (`#`, `?`, `@`, `/`, a second
+    `:`) makes a URL reach another host than its text seems to name, or none."""
+    m = _NETLOC.fullmatch(netloc)
+    if m is None or (m["port"] is not None and int(m["port"]) > 65535):
+        return False
+    if m["host"].startswith("["):
+        try:
+            ipaddress.IPv6Address(m["host"][1:-1])
+        except ValueError:
+            return False
+    return True
 
 
 def file_url(upstream: UpstreamConfig, rest: str) -> str:
@@ -38,6 +67,9 @@ def file_url(upstream: UpstreamConfig, rest: str) -> str:
         raise BadRequest(f"file URLs look like /{upstream.name}/files/<scheme>/<host>/<path>")
     scheme, netloc, path = parts
     netloc = unquote(netloc)
+    if not is_netloc(netloc):
+        # `evil.example#.cdn.example` matches `*.cdn.example`, and reaches evil.example.
+        raise BadRequest(f"invalid host in file URL: {netloc[:100]!r}")
     if not upstream.allows_host(netloc):
         raise Forbidden(
             f"{netloc} is not a file host of upstream {upstream.name!r}; add it to "

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from ..errors import CachesrvError, MethodNotAllowed
-from ..sources.base import Generated, Request, Stored, Streaming
+from ..errors import CachesrvError, InsufficientStorage, MethodNotAllowed
+from ..sources.base import Answer, Generated, Request, Stored, Streaming
 from ..upstreams import git
 from ..upstreams.router import Route
 from .connect import connect
 from .keys import STATE
 from .middleware import MISS_STATUS_HEADER, OUTCOME, UPSTREAM, is_proxy_request, outcome_of
-from .sendfile import BlobResponse
+from .sendfile import BlobGone, BlobResponse
 from .target import request_target
 
 
@@ -57,12 +59,44 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         served=_served_root(request, target, route),
     )
     answer = await state.source.open(ask)
+    for attempt in range(BLOB_RETRIES + 1):
+        try:
+            return await respond(request, answer)
+        except BlobGone as exc:
+            # Evicted (or collected) since the lookup, before a byte was sent: ask again.
+            # Its entry is gone now, so the body is fetched anew (online) or missed.
+            assert isinstance(answer, Stored)
+            if attempt == BLOB_RETRIES:
+                # Evicted each time before it could be sent: the store cannot hold the
+                # bodies being fetched at once (the same cause as a 507 from make_room).
+                raise InsufficientStorage(
+                    f"{answer.entry.key.url} was evicted {attempt + 1} times before it could "
+                    f"be sent ({exc}): [store] max_size is too small for the bodies fetched "
+                    "at once"
+                ) from None
+            state.store.hot.invalidate(answer.entry.key.url)
+            answer = await state.source.open(ask)
+    raise AssertionError("unreachable")
+
+
+#: How many times a request is asked again when the blob it was answered from went away
+#: before it could be sent (`sendfile.BlobGone`).
+BLOB_RETRIES = 2
+
+
+async def respond(request: web.Request, answer: Answer) -> web.StreamResponse:
+    """Serve what the source answered. A stored blob is sent here (not by aiohttp once
+    the handler returns), so that `BlobGone` reaches the caller while nothing is sent."""
     request[OUTCOME] = answer.outcome  # counted by the middleware, logged by the access log
     if isinstance(answer, Stored):
+        state = request.app[STATE]
         state.store.note_access(answer.entry.key.url)  # LRU order, written in batches
         if answer.hot is not None and answer.hot.body is not None and not _conditional(request):
             return serve_from_memory(answer)
-        return serve_stored(answer)
+        resp = serve_stored(answer)
+        with contextlib.suppress(ConnectionError):  # the client went away: not our error
+            await resp.prepare(request)
+        return resp
     if isinstance(answer, Generated):
         return web.Response(
             status=answer.status,
