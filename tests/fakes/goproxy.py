@@ -127,7 +127,7 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from tests.fakes.gosumdb import ChecksumDB
+from tests.fakes.gosumdb import ChecksumDB, unescape_path
 from tests.fakes.server import ThreadedServer
 
 #: The ``Time`` of a version's ``.info`` unless add_module() is given one.
@@ -147,25 +147,6 @@ _SEMVER = re.compile(
 def escape_path(path: str) -> str:
     """The case encoding of module paths and versions in proxy URLs: ``A`` -> ``!a``."""
     return "".join("!" + c.lower() if "A" <= c <= "Z" else c for c in path)
-
-
-def unescape_path(escaped: str) -> str | None:
-    """Invert :func:`escape_path`; None if ``escaped`` is not a valid encoding."""
-    out: list[str] = []
-    bang = False
-    for c in escaped:
-        if bang:
-            if not "a" <= c <= "z":
-                return None
-            out.append(c.upper())
-            bang = False
-        elif c == "!":
-            bang = True
-        elif "A" <= c <= "Z":
-            return None
-        else:
-            out.append(c)
-    return None if bang else "".join(out)
 
 
 def _semver_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:

@@ -62,7 +62,9 @@ def tile_path(level: int | str, n: int, width: int) -> str:
     return f"tile/{HEIGHT}/{level}/{digits}{partial}"
 
 
-def _unescape(escaped: str) -> str | None:
+def unescape_path(escaped: str) -> str | None:
+    """Undo the module proxy's case encoding (`!b` -> `B`); None if `escaped` is not a
+    valid encoding."""
     out = []
     bang = False
     for c in escaped:
@@ -174,7 +176,7 @@ class ChecksumDB:
 
     def _lookup(self, mod: str) -> Answer:
         esc_path, sep, esc_version = mod.rpartition("@")
-        path, version = _unescape(esc_path), _unescape(esc_version)
+        path, version = unescape_path(esc_path), unescape_path(esc_version)
         if not sep or path is None or version is None:
             return Answer(400, b"invalid module@version syntax\n")
         with self._lock:
