@@ -255,41 +255,36 @@ class Flight:
         if seed:
             self.seeds.add(seed)
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; raises the flight's error if it fails.
+    def reader(self) -> int | None:
+        """A descriptor on the body being written, taken now, before any header is sent
+        (the temp file may be renamed or removed later; the descriptor stays good).
+        None once the flight has ended (a small body often ends before its clients
+        resume): its body is in the store, or it failed, and the request is asked again
+        (web/proxy.py), never answered from a path that may be gone by then."""
+        return os.dup(self.read_fd) if self.read_fd is not None else None
 
-        The read descriptor is duplicated synchronously here, before any await,
-        so the temp file being renamed or removed later cannot pull it away.
-        """
-        if self.read_fd is None:
-            # The flight ended between headers and here; a completed one is in the store.
-            entry = await self.result
-            path = self.source.store.blobs.path(entry.digest)
-            fd = os.open(path, os.O_RDONLY)
-        else:
-            fd = os.dup(self.read_fd)
+    async def body(self, fd: int) -> AsyncIterator[bytes]:
+        """The body as it arrives, through `fd` (from `reader`; the caller closes it);
+        raises the flight's error if it fails."""
         offset = 0
-        try:
-            while True:
-                progress = self._progress
-                finished = self.result.done()
-                if finished and self.result.exception() is not None:
-                    raise self.result.exception()  # type: ignore[misc]
-                # Hold back the final byte until the body is recorded (see module doc).
-                limit = self.written if finished or self.verified else self.written - 1
-                if offset < limit:
-                    # pread of bytes just written: they are in the page cache.
-                    data = os.pread(fd, min(CHUNK, limit - offset), offset)
-                    if not data:
-                        raise UpstreamError(self.route.upstream.name, self.route.url, "short read")
-                    offset += len(data)
-                    yield data
-                    continue
-                if finished:
-                    return
-                await progress.wait()
-        finally:
-            os.close(fd)
+        while True:
+            progress = self._progress
+            finished = self.result.done()
+            if finished and self.result.exception() is not None:
+                raise self.result.exception()  # type: ignore[misc]
+            # Hold back the final byte until the body is recorded (see module doc).
+            limit = self.written if finished or self.verified else self.written - 1
+            if offset < limit:
+                # pread of bytes just written: they are in the page cache.
+                data = os.pread(fd, min(CHUNK, limit - offset), offset)
+                if not data:
+                    raise UpstreamError(self.route.upstream.name, self.route.url, "short read")
+                offset += len(data)
+                yield data
+                continue
+            if finished:
+                return
+            await progress.wait()
 
 
 class OnlineSource:

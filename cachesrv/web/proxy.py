@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
@@ -62,6 +63,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     for attempt in range(BLOB_RETRIES + 1):
         try:
             return await respond(request, answer)
+        except FlightEnded:
+            # The fetch ended, recorded, between its answer and the send: ask again,
+            # which answers from the store.
+            answer = await state.source.open(ask)
+            continue
         except BlobGone as exc:
             # Evicted (or collected) since the lookup, before a byte was sent: ask again.
             # Its entry is gone now, so the body is fetched anew (online) or missed.
@@ -76,12 +82,17 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                 ) from None
             state.store.hot.invalidate(answer.entry.key.url)
             answer = await state.source.open(ask)
-    raise AssertionError("unreachable")
+    return await respond(request, answer)
 
 
 #: How many times a request is asked again when the blob it was answered from went away
-#: before it could be sent (`sendfile.BlobGone`).
+#: before it could be sent (`sendfile.BlobGone`), or its fetch ended (`FlightEnded`).
 BLOB_RETRIES = 2
+
+
+class FlightEnded(Exception):
+    """The fetch a `Streaming` answer named ended before this client took its body;
+    nothing was sent (see `Flight.reader`)."""
 
 
 async def respond(request: web.Request, answer: Answer) -> web.StreamResponse:
@@ -181,6 +192,12 @@ async def serve_streaming(request: web.Request, answer: Streaming) -> web.Stream
     (with its outcome) in the access log only, not as an ERROR with a traceback (the
     soak made 25,000 of those in 30 minutes)."""
     flight = answer.flight
+    fd = flight.reader()  # before any await: the flight may end meanwhile
+    if fd is None:
+        failed = flight.result.exception() if flight.result.done() else None
+        if failed is not None:
+            raise failed  # nothing sent yet: a clean 502 (or 504, 507) instead of a cut
+        raise FlightEnded(flight.route.url)
     resp = web.StreamResponse(
         status=200,
         headers={hdrs.CONTENT_TYPE: flight.content_type, MISS_STATUS_HEADER: answer.outcome.value},
@@ -189,7 +206,7 @@ async def serve_streaming(request: web.Request, answer: Streaming) -> web.Stream
         resp.content_length = flight.content_length
     try:
         await resp.prepare(request)
-        async for chunk in flight.body():
+        async for chunk in flight.body(fd):
             await resp.write(chunk)
         await resp.write_eof()
     except CachesrvError as exc:
@@ -198,4 +215,6 @@ async def serve_streaming(request: web.Request, answer: Streaming) -> web.Stream
             request.transport.abort()
     except ConnectionError:
         pass  # the client went away; the fetch goes on for the store and other clients
+    finally:
+        os.close(fd)
     return resp
