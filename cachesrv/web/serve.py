@@ -24,6 +24,7 @@ from aiohttp import web
 
 from ..config import Config, split_listen
 from ..errors import ConfigError
+from ..store import Store
 from ..store.blobs import BlobStore
 from ..tls.ca import LocalCA
 from .accesslog import SINK, log_line, server_options
@@ -125,6 +126,9 @@ def serve(config: Config, *, workers: int = 1, strict: bool = False, log_format:
         sock.listen(1024)
     sock.setblocking(False)
     BlobStore(config.store).clean_tmp()
+    # The index is created (WAL mode, migrations) once, here: workers opening a new
+    # store at the same moment failed with "database is locked" on the WAL switch.
+    Store(config.store, config.limits).close()
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
     children: list[int] = []
