@@ -168,6 +168,8 @@ class IndexDocuments:
         is asked before any such document was seen (`Documents.declared_by`), so the
         file is verified before it is recorded. If the document cannot be had, the
         file is fetched as before, unverified (the client still checks it)."""
+        if self.store.hot.get(route.url) is not None:
+            return  # a hit from memory: no SQLite on the hit path (store/hot.py)
         doc_key = rules.declared_by(route.upstream, route.url)
         index = self.store.index
         if doc_key is None or await index.run(index.declared_hash, route.url) is not None:
