@@ -50,6 +50,21 @@ def npm_config(load: Callable[..., Config], registry: FakeNpmRegistry, **server:
     return load({"npm": ("npm", registry.url)}, **server)
 
 
+async def proxy_get(client: Client, url: str, host: str) -> tuple[bytes, bytes]:
+    """A proxy-form GET of `url` (absolute target) to the app, as npm behind a proxy
+    sends it: the status line and headers, and the body."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET {url} HTTP/1.1\r\nHost: {host}\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    await writer.wait_closed()
+    return head, body
+
+
 async def entries(client: Client) -> set[str]:
     return {e["key"] for e in await (await client.get("/_cachesrv/api/v1/entries")).json()}
 
@@ -133,15 +148,7 @@ async def test_proxy_form_clients_keep_the_registry_urls(
 ) -> None:
     client = await aiohttp_client(make_app(npm_config(load, registry)))
     host = registry.url.split("://", 1)[1]
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(
-        f"GET {registry.url}/@scope%2futil HTTP/1.1\r\nHost: {host}\r\n"
-        "Accept: application/json\r\nConnection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
-    writer.close()
-    await writer.wait_closed()
+    head, body = await proxy_get(client, f"{registry.url}/@scope%2futil", host)
     assert head.startswith(b"HTTP/1.1 200")
     doc = json.loads(body)
     assert doc["versions"]["1.0.0"]["dist"]["tarball"] == registry.tarball_url(UTIL, "1.0.0")
@@ -157,15 +164,7 @@ async def test_a_proxy_form_request_naming_this_server_links_back_with_its_port(
     (aiohttp's `request.host` drops it there) and the seed prefix."""
     client = await aiohttp_client(make_app(npm_config(load, registry)))
     own = f"http://{client.host}:{client.port}"
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(
-        f"GET {own}/@b1/npm/@scope%2futil HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n"
-        "Accept: application/json\r\nConnection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
-    writer.close()
-    await writer.wait_closed()
+    head, body = await proxy_get(client, f"{own}/@b1/npm/@scope%2futil", own[len("http://") :])
     assert head.startswith(b"HTTP/1.1 200")
     tarball = json.loads(body)["versions"]["1.0.0"]["dist"]["tarball"]
     assert tarball == f"{own}/@b1/npm/@scope/util/-/util-1.0.0.tgz"
